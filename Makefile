@@ -1,0 +1,35 @@
+# Two entry points for a new user: `make demo` (set up, train a tiny BERT and a tiny GPT on the
+# embedded corpus) and `make test` (set up, lint, type-check, run the test suite on CPU).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: venv install install-test demo test lint clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(PY) -m bertgpt_jax.demo --workdir runs/demo
+
+lint: install-test
+	$(VENV)/bin/ruff check bertgpt_jax tests launch
+	$(VENV)/bin/ruff format --check bertgpt_jax tests launch
+	$(VENV)/bin/mypy bertgpt_jax
+
+test: lint
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

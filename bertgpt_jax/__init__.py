@@ -1,0 +1,5 @@
+"""bertgpt-jax: BERT and GPT pretraining in JAX and Flax NNX."""
+
+from bertgpt_jax.config import Config, ConfigError, load_config
+
+__all__ = ["Config", "ConfigError", "load_config"]

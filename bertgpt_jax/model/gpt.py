@@ -1,0 +1,32 @@
+"""GPT-2 language model: the shared core (causal, pre-LN, final LayerNorm) + an LM head tied
+to the token embeddings, laid out exactly as HuggingFace `GPT2LMHeadModel`."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bertgpt_jax.config import ModelConfig
+from bertgpt_jax.model.transformer import Transformer
+
+Array = jax.Array
+
+
+class Gpt(nnx.Module):
+    def __init__(self, config: ModelConfig, key: Array):
+        if config.family != "gpt":
+            raise ValueError(f"Gpt needs model.family=gpt, got {config.family!r}")
+        self.config = config
+        self.core = Transformer(config, key)
+
+    def __call__(
+        self,
+        input_ids: Array,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        key: Array | None = None,
+    ) -> dict[str, Array]:
+        hidden = self.core(input_ids, positions, segment_ids, None, key)  # [B, L, D]
+        logits = self.core.embeddings.attend(hidden, jnp.dtype(self.config.dtype))  # [B, L, V]
+        return {"logits": logits}

@@ -1,0 +1,184 @@
+"""Building blocks of the shared core: parameters, dense layers, LayerNorm, embeddings,
+multi-head attention (through `jax.nn.dot_product_attention`), the MLP, dropout and masks.
+
+Every parameter carries its logical axis names (`out_sharding` metadata, see sharding.py) and
+is created in float32. Matmul inputs are cast to the configured compute dtype and accumulate in
+float32 (`preferred_element_type`); LayerNorm and softmax run in float32. Dropout is explicit:
+each call takes a PRNG key, or None for deterministic evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bertgpt_jax import sharding as sh
+from bertgpt_jax.config import ModelConfig
+
+Array = jax.Array
+
+
+def param(key: Array, shape: Sequence[int], axes: Sequence[str | None], std: float) -> nnx.Param:
+    """A float32 parameter, normal(0, std) or zeros (std=0) or ones (std<0), with logical axes."""
+    if std > 0:
+        value = std * jax.random.truncated_normal(key, -2.0, 2.0, tuple(shape), jnp.float32)
+    elif std == 0:
+        value = jnp.zeros(tuple(shape), jnp.float32)
+    else:
+        value = jnp.ones(tuple(shape), jnp.float32)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def split_key(key: Array | None, n: int) -> list[Array | None]:
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def matmul(eq: str, x: Array, w: Array, dtype: jnp.dtype) -> Array:
+    """einsum with inputs in the compute dtype and a float32 result."""
+    return jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel + bias over the last axis; the kernel may have a multi-axis output."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_shape: Sequence[int],
+        axes: Sequence[str | None],
+        config: ModelConfig,
+        key: Array,
+    ):
+        self.kernel = param(key, (in_dim, *out_shape), axes, config.initializer_range)
+        self.bias = param(key, tuple(out_shape), axes[1:], 0.0)
+        self.dtype = jnp.dtype(config.dtype)
+        letters = "abcd"[: len(out_shape)]
+        self.eq = f"...z,z{letters}->...{letters}"
+
+    def __call__(self, x: Array) -> Array:
+        return matmul(self.eq, x, self.kernel[...], self.dtype) + self.bias[...]
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float):
+        self.scale = param(jax.random.key(0), (dim,), (sh.EMBED,), -1.0)
+        self.bias = param(jax.random.key(0), (dim,), (sh.EMBED,), 0.0)
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+def activation(name: str, x: Array) -> Array:
+    # BERT uses the exact erf GELU; GPT-2 the tanh approximation ("gelu_new").
+    return jax.nn.gelu(x, approximate=(name == "gelu_tanh"))
+
+
+class Embeddings(nnx.Module):
+    """Token + learned absolute position (+ token type) embeddings; the token table is also
+    the tied output layer of both families."""
+
+    def __init__(self, config: ModelConfig, key: Array):
+        k_tok, k_pos, k_type = jax.random.split(key, 3)
+        std = config.initializer_range
+        d = config.hidden_size
+        self.token = param(k_tok, (config.vocab_size, d), (sh.VOCAB, sh.EMBED), std)
+        self.position = param(k_pos, (config.max_len, d), (None, sh.EMBED), std)
+        self.token_type = (
+            param(k_type, (config.type_vocab_size, d), (None, sh.EMBED), std)
+            if config.type_vocab_size > 0
+            else None
+        )
+
+    def __call__(self, input_ids: Array, positions: Array, token_type_ids: Array | None) -> Array:
+        # [B, L] -> [B, L, D]
+        x = jnp.take(self.token[...], input_ids, axis=0)
+        x = x + jnp.take(self.position[...], positions, axis=0)
+        if self.token_type is not None:
+            types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + jnp.take(self.token_type[...], types, axis=0)
+        return sh.constrain(x, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))
+
+    def attend(self, x: Array, dtype: jnp.dtype) -> Array:
+        """The tied output projection: [..., D] -> [..., V] logits in float32."""
+        return matmul("...d,vd->...v", x, self.token[...], dtype)
+
+
+def attention_mask(segment_ids: Array, causal: bool) -> Array:
+    """[B, L] packed-segment ids (0 = padding) -> boolean mask [B, 1, L, L].
+
+    A token attends only to tokens of its own segment (and, if causal, not to later ones).
+    Padding attends to padding, so no row is fully masked and no NaN can appear.
+    """
+    mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    if causal:
+        length = segment_ids.shape[1]
+        mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
+    return mask
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with separate Q, K, V projections of shape [D, H, K]."""
+
+    def __init__(self, config: ModelConfig, key: Array):
+        kq, kk, kv, ko = jax.random.split(key, 4)
+        d, h, k = config.hidden_size, config.num_heads, config.head_dim
+        axes = (sh.EMBED, sh.HEADS, sh.HEAD_DIM)
+        self.query = Dense(d, (h, k), axes, config, kq)
+        self.key = Dense(d, (h, k), axes, config, kk)
+        self.value = Dense(d, (h, k), axes, config, kv)
+        self.out_kernel = param(ko, (h, k, d), (sh.HEADS, sh.HEAD_DIM, sh.EMBED), config.initializer_range)
+        self.out_bias = param(ko, (d,), (sh.EMBED,), 0.0)
+        self.dtype = jnp.dtype(config.dtype)
+        self.impl = config.attention_impl
+        self.dropout_rate = config.attention_dropout_rate
+
+    def __call__(self, x: Array, mask: Array, key: Array | None) -> Array:
+        # x [B, L, D]; mask [B, 1, L, L]
+        heads = (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_HEADS, None)
+        q = sh.constrain(self.query(x), heads).astype(self.dtype)  # [B, L, H, K]
+        k = sh.constrain(self.key(x), heads).astype(self.dtype)
+        v = sh.constrain(self.value(x), heads).astype(self.dtype)
+        if key is None or self.dropout_rate == 0.0:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.impl)
+        else:
+            out = self._attention_with_dropout(q, k, v, mask, key)
+        out = sh.constrain(out, heads)  # [B, L, H, K]
+        y = matmul("blhk,hkd->bld", out, self.out_kernel[...], self.dtype) + self.out_bias[...]
+        return sh.constrain(y, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))
+
+    def _attention_with_dropout(self, q: Array, k: Array, v: Array, mask: Array, key: Array) -> Array:
+        # jax.nn.dot_product_attention has no dropout on the probabilities, which BERT and GPT-2
+        # pretraining use (attention_probs_dropout_prob=0.1); the same math written out for XLA.
+        scale = q.shape[-1] ** -0.5
+        logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) * scale
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        probs = dropout(probs, self.dropout_rate, key).astype(self.dtype)
+        return jnp.einsum("bhqs,bshk->bqhk", probs, v, preferred_element_type=jnp.float32)
+
+
+class Mlp(nnx.Module):
+    def __init__(self, config: ModelConfig, key: Array):
+        ki, ko = jax.random.split(key)
+        self.wi = Dense(config.hidden_size, (config.mlp_dim,), (sh.EMBED, sh.MLP), config, ki)
+        self.wo = Dense(config.mlp_dim, (config.hidden_size,), (sh.MLP, sh.EMBED), config, ko)
+        self.activation = config.activation
+
+    def __call__(self, x: Array) -> Array:
+        h = activation(self.activation, self.wi(x))  # [B, L, F]
+        h = sh.constrain(h, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_MLP))
+        return sh.constrain(self.wo(h), (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))

@@ -1,0 +1,140 @@
+"""The shared transformer core: embeddings, a scanned stack of blocks, optional final norm.
+
+It knows nothing of BERT or GPT: the family only chooses causal or bidirectional attention,
+LayerNorm placement (post-LN with an embedding norm, as BERT; pre-LN with a final norm, as
+GPT-2) and whether token-type embeddings exist. The blocks' parameters are stacked along a
+leading `layers` axis and applied with `jax.lax.scan`, so compile time does not grow with depth;
+`scan_layers=False` applies the same stacked parameters in a Python loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bertgpt_jax import sharding as sh
+from bertgpt_jax.config import ModelConfig
+from bertgpt_jax.model.layers import (
+    Attention,
+    Embeddings,
+    LayerNorm,
+    Mlp,
+    attention_mask,
+    dropout,
+    split_key,
+)
+
+Array = jax.Array
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nnx.Module):
+    """One transformer layer: attention and MLP sublayers with residuals, post- or pre-LN."""
+
+    def __init__(self, config: ModelConfig, key: Array):
+        ka, km = jax.random.split(key)
+        self.attention = Attention(config, ka)
+        self.mlp = Mlp(config, km)
+        self.attention_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.mlp_norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.pre_norm = config.norm_position == "pre"
+        self.dropout_rate = config.dropout_rate
+
+    def __call__(self, x: Array, mask: Array, key: Array | None) -> Array:
+        k_attn, k_attn_out, k_mlp_out = split_key(key, 3)
+        if self.pre_norm:
+            h = self.attention(self.attention_norm(x), mask, k_attn)
+            x = x + dropout(h, self.dropout_rate, k_attn_out)
+            h = self.mlp(self.mlp_norm(x))
+            return x + dropout(h, self.dropout_rate, k_mlp_out)
+        h = self.attention(x, mask, k_attn)
+        x = self.attention_norm(x + dropout(h, self.dropout_rate, k_attn_out))
+        h = self.mlp(x)
+        return self.mlp_norm(x + dropout(h, self.dropout_rate, k_mlp_out))
+
+
+def _stack_state(config: ModelConfig, key: Array) -> tuple[nnx.GraphDef, nnx.State]:
+    """Creates num_layers blocks with vmap; their parameters gain a leading `layers` axis."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Block(config, jax.random.key(0))))
+    keys = jax.random.split(key, config.num_layers)
+    state = jax.vmap(lambda k: nnx.state(Block(config, k)))(keys)
+
+    def add_layer_axis(v: nnx.Variable) -> nnx.Variable:
+        return v.replace(out_sharding=(sh.LAYERS, *v.get_metadata()["out_sharding"]))
+
+    state = jax.tree.map(add_layer_axis, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return graphdef, state
+
+
+class Transformer(nnx.Module):
+    """Shared core: [B, L] token ids -> [B, L, D] hidden states."""
+
+    def __init__(self, config: ModelConfig, key: Array):
+        k_emb, k_layers = jax.random.split(key)
+        self.config = config
+        self.embeddings = Embeddings(config, k_emb)
+        self.embedding_norm = (
+            LayerNorm(config.hidden_size, config.layer_norm_eps)
+            if config.norm_position == "post"
+            else None
+        )
+        graphdef, state = _stack_state(config, k_layers)
+        self.layers = nnx.merge(graphdef, state)
+        self.final_norm = (
+            LayerNorm(config.hidden_size, config.layer_norm_eps)
+            if config.norm_position == "pre"
+            else None
+        )
+
+    def __call__(
+        self,
+        input_ids: Array,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        token_type_ids: Array | None = None,
+        key: Array | None = None,
+    ) -> Array:
+        """input_ids, positions, segment_ids (0 = padding), token_type_ids: int [B, L]."""
+        batch, length = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+        k_emb, k_layers = split_key(key, 2)
+        x = self.embeddings(input_ids, positions, token_type_ids)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = dropout(x, self.config.dropout_rate, k_emb)
+        mask = attention_mask(segment_ids, self.config.causal)
+        x = self._apply_layers(x, mask, k_layers)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x  # [B, L, D]
+
+    def _apply_layers(self, x: Array, mask: Array, key: Array | None) -> Array:
+        graphdef, state = nnx.split(self.layers)
+        n = self.config.num_layers
+        keys: Any = None if key is None else jax.random.split(key, n)
+
+        def body(h: Array, xs: tuple[nnx.State, Array | None]) -> tuple[Array, None]:
+            layer_state, layer_key = xs
+            h = nnx.merge(graphdef, layer_state)(h, mask, layer_key)
+            return sh.constrain(h, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED)), None
+
+        if self.config.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat])
+        if self.config.scan_layers:
+            x, _ = jax.lax.scan(body, x, (state, keys))
+            return x
+        for i in range(n):
+            layer = jax.tree.map(lambda a, i=i: a[i], state)
+            x, _ = body(x, (layer, None if keys is None else keys[i]))
+        return x
