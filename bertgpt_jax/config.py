@@ -170,7 +170,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             raise ConfigError(f"unknown config key {name!r}; valid keys here are: {valid}.")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{name}.")
+            kwargs[key] = _build(typing.cast(type, tp), value, f"{name}.")
         else:
             kwargs[key] = _coerce(name, tp, value)
     return cls(**kwargs)
@@ -179,14 +179,22 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _validate(config: Config) -> None:
     m, t, d = config.model, config.train, config.data
     checks = [
-        (m.hidden_size % m.num_heads == 0, "model.hidden_size must be divisible by model.num_heads"),
-        (m.family != "gpt" or m.norm_position == "pre", "a gpt model needs model.norm_position=pre"),
+        (
+            m.hidden_size % m.num_heads == 0,
+            "model.hidden_size must be divisible by model.num_heads",
+        ),
+        (
+            m.family != "gpt" or m.norm_position == "pre",
+            "a gpt model needs model.norm_position=pre",
+        ),
         (d.seq_len <= m.max_len, "data.seq_len must not exceed model.max_len"),
         (t.batch_size % t.microbatches == 0, "train.batch_size must divide by train.microbatches"),
         (0.0 < d.masked_lm_prob < 1.0, "data.masked_lm_prob must lie strictly between 0 and 1"),
         (t.steps > 0 and t.batch_size > 0, "train.steps and train.batch_size must be positive"),
-        ([config.mesh.data, config.mesh.fsdp, config.mesh.tensor].count(-1) <= 1,
-         "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"),
+        (
+            [config.mesh.data, config.mesh.fsdp, config.mesh.tensor].count(-1) <= 1,
+            "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -205,14 +213,14 @@ def _construct_unique(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
         if key in seen:
-            raise ConfigError(f"config key {key!r} is given twice (line {key_node.start_mark.line + 1}).")
+            raise ConfigError(
+                f"config key {key!r} is given twice (line {key_node.start_mark.line + 1})."
+            )
         seen.add(key)
     return loader.construct_mapping(node)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique
-)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -233,7 +241,9 @@ def config_from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Config
     for text in overrides:
         path, value = parse_override(text)
         if len(path) != 2:
-            raise ConfigError(f"override {text!r} must name a section and a key, e.g. train.steps=10.")
+            raise ConfigError(
+                f"override {text!r} must name a section and a key, e.g. train.steps=10."
+            )
         if ".".join(path) in seen:
             raise ConfigError(f"override {'.'.join(path)!r} is given twice.")
         seen.add(".".join(path))
@@ -250,7 +260,9 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     """Reads a YAML config file and applies `section.key=value` overrides."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file from configs/.")
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; pass a YAML file from configs/."
+        )
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
@@ -264,4 +276,3 @@ def config_to_dict(config: Config) -> dict:
 
 def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-

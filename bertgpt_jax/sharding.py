@@ -66,7 +66,9 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     sizes = [config.data, config.fsdp, config.tensor]
     known = math.prod(s for s in sizes if s != -1)
     if any(s == 0 or s < -1 for s in sizes):
-        raise ConfigError(f"mesh sizes must be positive or -1, got {sizes} for (data, fsdp, tensor).")
+        raise ConfigError(
+            f"mesh sizes must be positive or -1, got {sizes} for (data, fsdp, tensor)."
+        )
     if -1 in sizes:
         if num_devices % known:
             raise ConfigError(

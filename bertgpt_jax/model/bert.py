@@ -23,7 +23,9 @@ class MaskedLmHead(nnx.Module):
     """dense -> GELU -> LayerNorm -> tied decoder (word embeddings) + output bias."""
 
     def __init__(self, config: ModelConfig, key: Array):
-        self.transform = Dense(config.hidden_size, (config.hidden_size,), (sh.EMBED, None), config, key)
+        self.transform = Dense(
+            config.hidden_size, (config.hidden_size,), (sh.EMBED, None), config, key
+        )
         self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.output_bias = param(key, (config.vocab_size,), (sh.VOCAB,), 0.0)
         self.activation = config.activation

@@ -104,8 +104,10 @@ class Embeddings(nnx.Module):
         )
 
     def __call__(self, input_ids: Array, positions: Array, token_type_ids: Array | None) -> Array:
-        # [B, L] -> [B, L, D]
-        x = jnp.take(self.token[...], input_ids, axis=0)
+        # [B, L] -> [B, L, D]. The table is gathered whole for the lookup (FSDP gathers it
+        # anyway); a gather from a vocab-sharded table would make XLA replicate the output.
+        table = sh.constrain(self.token[...], (None, None))
+        x = jnp.take(table, input_ids, axis=0)
         x = x + jnp.take(self.position[...], positions, axis=0)
         if self.token_type is not None:
             types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
@@ -140,7 +142,9 @@ class Attention(nnx.Module):
         self.query = Dense(d, (h, k), axes, config, kq)
         self.key = Dense(d, (h, k), axes, config, kk)
         self.value = Dense(d, (h, k), axes, config, kv)
-        self.out_kernel = param(ko, (h, k, d), (sh.HEADS, sh.HEAD_DIM, sh.EMBED), config.initializer_range)
+        self.out_kernel = param(
+            ko, (h, k, d), (sh.HEADS, sh.HEAD_DIM, sh.EMBED), config.initializer_range
+        )
         self.out_bias = param(ko, (d,), (sh.EMBED,), 0.0)
         self.dtype = jnp.dtype(config.dtype)
         self.impl = config.attention_impl
@@ -160,7 +164,9 @@ class Attention(nnx.Module):
         y = matmul("blhk,hkd->bld", out, self.out_kernel[...], self.dtype) + self.out_bias[...]
         return sh.constrain(y, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))
 
-    def _attention_with_dropout(self, q: Array, k: Array, v: Array, mask: Array, key: Array) -> Array:
+    def _attention_with_dropout(
+        self, q: Array, k: Array, v: Array, mask: Array, key: Array
+    ) -> Array:
         # jax.nn.dot_product_attention has no dropout on the probabilities, which BERT and GPT-2
         # pretraining use (attention_probs_dropout_prob=0.1); the same math written out for XLA.
         scale = q.shape[-1] ** -0.5
