@@ -65,6 +65,7 @@ _BL = "bert.encoder.layer.{i}."
 _GL = "transformer.h.{i}."
 _ATT = "core/layers/attention/"
 _MLP = "core/layers/mlp/"
+_QKV = ("query", "key", "value")
 
 BERT_TABLE: tuple[Rule, ...] = (
     _same("bert.embeddings.word_embeddings.weight", "core/embeddings/token"),
@@ -104,13 +105,8 @@ GPT2_TABLE: tuple[Rule, ...] = (
     _same("transformer.wpe.weight", "core/embeddings/position"),
     _vec(_GL + "ln_1.weight", "core/layers/attention_norm/scale"),
     _vec(_GL + "ln_1.bias", "core/layers/attention_norm/bias"),
-    _same(
-        _GL + "attn.c_attn.weight",
-        _ATT + "query/kernel",
-        _ATT + "key/kernel",
-        _ATT + "value/kernel",
-    ),
-    _vec(_GL + "attn.c_attn.bias", _ATT + "query/bias", _ATT + "key/bias", _ATT + "value/bias"),
+    _same(_GL + "attn.c_attn.weight", *(_ATT + f"{n}/kernel" for n in _QKV)),  # q|k|v
+    _vec(_GL + "attn.c_attn.bias", *(_ATT + f"{n}/bias" for n in _QKV)),
     _same(_GL + "attn.c_proj.weight", _ATT + "out_kernel", in_axes=2),
     _vec(_GL + "attn.c_proj.bias", _ATT + "out_bias"),
     _vec(_GL + "ln_2.weight", "core/layers/mlp_norm/scale"),
@@ -239,6 +235,8 @@ def _read_field(hf_config: Mapping[str, Any], family: Family, field: str) -> Any
 
 def model_config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
     """An HF config.json (BertConfig or GPT2Config, as a dict) -> our ModelConfig."""
+    if not isinstance(hf_config, Mapping):
+        raise ConfigError("an HF config must be a JSON object of keys to values.")
     model_type = hf_config.get("model_type")
     family = next((f for f in _FAMILIES.values() if f.model_type == model_type), None)
     if family is None:
@@ -352,25 +350,25 @@ def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_names(
-    what: str, found: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], fix: str
+    noun: str, found: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], fix: str
 ) -> None:
-    """Raises one ConfigError for missing or unexpected names, then for a wrong shape."""
+    """One ConfigError for missing or unexpected names, else for the first wrong shape."""
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
-    for label, names in (("is missing", missing), ("has unexpected", extra)):
+    for label, names in (("missing", missing), ("unexpected", extra)):
         if names:
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-            raise ConfigError(f"{what} {label} tensors ({shown}); {fix}.")
+            raise ConfigError(f"{label} {noun}s: {shown}; {fix}.")
     for name, shape in expected.items():
         got = tuple(np.shape(found[name]))
         if got != shape:
-            raise ConfigError(f"{what} tensor {name} has shape {got} but {shape} is needed; {fix}.")
+            raise ConfigError(f"{noun} {name} has shape {got} but {shape} is needed; {fix}.")
 
 
 def check_params(params: Mapping[str, Any], config: ModelConfig) -> None:
     """Raises ConfigError unless `params` has exactly the paths and shapes `config` builds."""
     fix = "the parameters were made for another model config"
-    _check_names("the parameter tree", _flatten(params), param_shapes(config), fix)
+    _check_names("parameter", _flatten(params), param_shapes(config), fix)
 
 
 def params_to_hf(params: Mapping[str, Any], config: ModelConfig) -> StateDict:
@@ -416,7 +414,7 @@ def hf_to_params(state: Mapping[str, Any], config: ModelConfig) -> Params:
     family = _family(config)
     tensors = _normalise(state, family)
     fix = f"the weights do not match config.json (a {family.architecture} is expected)"
-    _check_names("the HF state dict", tensors, hf_shapes(config), fix)
+    _check_names("HF tensor", tensors, hf_shapes(config), fix)
     ours = param_shapes(config)
     flat: dict[str, np.ndarray] = {}
     for rule in family.table:
@@ -443,8 +441,11 @@ def read_safetensors(path: str | Path) -> StateDict:
         return load_file(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        shards = sorted(set(weight_map.values()))
         state: StateDict = {}
+        if not shards:
+            raise ConfigError(f"{index} has no weight_map naming its shards; re-save the model.")
         for shard in shards:
             if Path(shard).name != shard or not (path / shard).is_file():
                 raise ConfigError(f"{index} names shard {shard!r}, which is not in {path}.")

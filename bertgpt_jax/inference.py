@@ -7,8 +7,9 @@ input shape, and gives float32 logits: `mlm_logits` [B, L, V] at every position 
 so padding on either side leaves the logits at real tokens unchanged (for right padding the
 positions are exactly those `transformers` uses).
 
-Which loader reads a path is decided by what the directory holds (`_LOADERS`); HuggingFace
-directories are read now, and our training workdirs join as one more entry.
+Which loader reads a path is decided by what the directory holds (`_LOADERS`): a HuggingFace
+directory, or one of our training workdirs (the newest readable checkpoint's parameters, read
+without the optimizer state).
 """
 
 from __future__ import annotations
@@ -31,9 +32,21 @@ from bertgpt_jax.model import Bert, build_model
 Array = jax.Array
 ArrayLike = np.ndarray | jax.Array
 
+
+def _is_workdir(path: Path) -> bool:
+    return (path / "checkpoints").is_dir()
+
+
+def _load_workdir(path: Path) -> tuple[ModelConfig, Any]:
+    from bertgpt_jax.checkpoint import load_workdir  # Orbax is imported only when needed
+
+    return load_workdir(path)
+
+
 # (does this directory hold it?, read it -> (ModelConfig, params)), tried in order.
 _LOADERS: tuple[tuple[Callable[[Path], bool], Callable[[Path], tuple[ModelConfig, Any]]], ...] = (
     (hf.is_hf_dir, hf.load_hf),
+    (_is_workdir, _load_workdir),
 )
 
 
@@ -63,7 +76,9 @@ class PretrainedModel:
         self.config = config
         abstract = nnx.eval_shape(lambda: build_model(config, jax.random.key(0)))
         graphdef, state = nnx.split(abstract)
-        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
+        nnx.replace_by_pure_dict(
+            state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), dict(params))
+        )
         self._state = state
         # The graph definition is static; jit retraces only for a new input shape.
         self._forward = jax.jit(functools.partial(_forward, graphdef))
@@ -76,9 +91,13 @@ class PretrainedModel:
     def _check(self, name: str, value: ArrayLike, shape: tuple[int, ...], limit: int) -> Array:
         array = np.asarray(value)
         if array.shape != shape or not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(f"{name} must be an integer array of shape {shape}, got {array.dtype}")
+            raise ValueError(
+                f"{name} must be an integer array of shape {shape}, got {array.dtype} {array.shape}"
+            )
         if array.size and (array.min() < 0 or array.max() >= limit):
-            raise ValueError(f"{name} values must lie in [0, {limit}), got {array.min()}..")
+            raise ValueError(
+                f"{name} values must lie in [0, {limit}), got {array.min()} to {array.max()}"
+            )
         return jnp.asarray(array, jnp.int32)
 
     def __call__(
@@ -130,5 +149,6 @@ def load_pretrained(
             return PretrainedModel(config, params)
     raise ConfigError(
         f"{path} holds no model bertgpt-jax can load: a HuggingFace directory needs "
-        "config.json and model.safetensors (write one with `save_pretrained` or hf.save_hf)."
+        "config.json and model.safetensors (write one with `save_pretrained` or hf.save_hf), a "
+        "training workdir needs checkpoints/ (run `bertgpt train`)."
     )
