@@ -61,6 +61,9 @@ class DataConfig:
     """Where examples come from and how they are built (see bertgpt_jax/data)."""
 
     path: str = ""
+    # Optional tokenizer directory (or .model file) the store must have been prepared with;
+    # empty trusts the copy inside the store. A mismatch is an error before any training.
+    tokenizer: str = ""
     seq_len: int = 128
     seed: int = 0
     # BERT: the sentence-pair task. nsp (BERT), sop (ALBERT sentence order), none (RoBERTa).
@@ -94,6 +97,9 @@ class TrainConfig:
     # Weight of the sentence-pair loss in the BERT objective; 0 trains masked LM alone.
     nsp_weight: float = 1.0
     nan_policy: Literal["stop", "skip"] = "stop"
+    # PRNG for dropout: rbg (XLA RngBitGenerator, fast everywhere) or threefry (bit-identical
+    # across meshes and backends, slower).
+    rng_impl: Literal["rbg", "unsafe_rbg", "threefry2x32"] = "rbg"
     log_every: int = 10
     eval_every: int = 0
     eval_steps: int = 10
