@@ -130,6 +130,12 @@ def activation(name: str, x: Array) -> Array:
     return jax.nn.gelu(x, approximate=(name == "gelu_tanh"))
 
 
+def _lookup(table: Array, ids: Array) -> Array:
+    """Rows of an embedding table. The table is gathered whole first (FSDP gathers it anyway):
+    a gather from a table sharded along vocab or embed would make XLA replicate the output."""
+    return jnp.take(sh.constrain(table, (None, None)), ids, axis=0)
+
+
 class Embeddings(nnx.Module):
     """Token + learned absolute position (+ token type) embeddings; the token table is also
     the tied output layer of both families."""
@@ -147,14 +153,11 @@ class Embeddings(nnx.Module):
         )
 
     def __call__(self, input_ids: Array, positions: Array, token_type_ids: Array | None) -> Array:
-        # [B, L] -> [B, L, D]. The table is gathered whole for the lookup (FSDP gathers it
-        # anyway); a gather from a vocab-sharded table would make XLA replicate the output.
-        table = sh.constrain(self.token[...], (None, None))
-        x = jnp.take(table, input_ids, axis=0)
-        x = x + jnp.take(self.position[...], positions, axis=0)
+        # [B, L] -> [B, L, D]
+        x = _lookup(self.token[...], input_ids) + _lookup(self.position[...], positions)
         if self.token_type is not None:
             types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-            x = x + jnp.take(self.token_type[...], types, axis=0)
+            x = x + _lookup(self.token_type[...], types)
         return sh.constrain(x, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))
 
     def attend(self, x: Array, dtype: jnp.dtype) -> Array:
