@@ -97,9 +97,6 @@ class TrainConfig:
     # Weight of the sentence-pair loss in the BERT objective; 0 trains masked LM alone.
     nsp_weight: float = 1.0
     nan_policy: Literal["stop", "skip"] = "stop"
-    # PRNG for dropout: rbg (XLA RngBitGenerator, fast everywhere) or threefry (bit-identical
-    # across meshes and backends, slower).
-    rng_impl: Literal["rbg", "unsafe_rbg", "threefry2x32"] = "rbg"
     log_every: int = 10
     eval_every: int = 0
     eval_steps: int = 10

@@ -33,10 +33,32 @@ def param(key: Array, shape: Sequence[int], axes: Sequence[str | None], std: flo
     return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
+def _fmix32(x: Array) -> Array:
+    """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit into every
+    output bit."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
 def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout. The keep mask is a counter-based hash of each element's index under
+    two 32-bit words drawn from `key` (two keyed finaliser rounds, in the spirit of Philox):
+    a few integer ops per element that XLA fuses into the select, where jax.random.bernoulli's
+    threefry was the largest non-matmul cost of a CPU training step. Being a function of the
+    global index, the mask does not depend on how the array is sharded."""
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    k = jax.random.bits(key, (2,), jnp.uint32)
+    index = jax.lax.broadcasted_iota(jnp.uint32, x.shape, 0)
+    for dim in range(1, x.ndim):
+        index = index * jnp.uint32(x.shape[dim]) + jax.lax.broadcasted_iota(
+            jnp.uint32, x.shape, dim
+        )
+    bits = _fmix32(_fmix32(index + k[0]) ^ k[1])
+    keep = bits >= jnp.uint32(round(rate * 2**32))
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
@@ -62,26 +84,54 @@ def _einsum_f32(eq: str, a: Array, b: Array) -> Array:
     return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
 
 
+def _swap_last(a: Array) -> Array:
+    """a with its last two axes swapped, materialised in row-major order. XLA:CPU runs a
+    bf16 matmul whose left operand contracts its leading axis in float32 (it converts both
+    inputs); the barrier keeps XLA from folding this transpose back into the matmul."""
+    *lead, m, n = a.shape
+    flat = jax.lax.optimization_barrier(jnp.swapaxes(a, -1, -2).reshape(-1))
+    return flat.reshape(*lead, n, m)
+
+
+# Backward of each forward contraction "X,W->Y" as (dX, dW): an einsum and its two operands
+# ("g" the cotangent of Y, "x"/"w" the saved inputs, "T" the materialised swap), all in
+# layouts whose matmuls XLA:CPU runs in bf16.
+_BACKWARD = {
+    # dense: Y[x,n] = X[x,z] W[z,n]
+    "xz,zn->xn": (("xn,zn->xz", "g", "w"), ("zx,xn->zn", "Tx", "g")),
+    # tied output head: Y[x,v] = X[x,d] E[v,d]
+    "xd,vd->xv": (("xv,vd->xd", "g", "w"), ("vx,xd->vd", "Tg", "x")),
+    # attention scores: S[q,s] = Q[q,k] K[s,k]
+    "bhqk,bhsk->bhqs": (("bhqs,bhsk->bhqk", "g", "w"), ("bhsq,bhqk->bhsk", "Tg", "x")),
+    # attention context: O[q,k] = P[q,s] V[s,k]
+    "bhqs,bhsk->bhqk": (("bhqk,bhsk->bhqs", "g", "w"), ("bhsq,bhqk->bhsk", "Tx", "g")),
+}
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _low_precision_einsum(eq: str, dtype: str, x: Array, w: Array) -> Array:
     return _einsum_f32(eq, x.astype(dtype), w.astype(dtype))
 
 
 def _low_precision_fwd(eq: str, dtype: str, x: Array, w: Array) -> tuple[Array, tuple]:
+    if eq not in _BACKWARD:
+        raise ValueError(f"no low-precision backward for einsum {eq!r}; add it to _BACKWARD")
     xc, wc = x.astype(dtype), w.astype(dtype)
     # Zero-size markers carry the input dtypes (residuals must be arrays).
     return _einsum_f32(eq, xc, wc), (xc, wc, jnp.zeros(0, x.dtype), jnp.zeros(0, w.dtype))
 
 
 def _low_precision_bwd(eq: str, dtype: str, res: tuple, g: Array) -> tuple[Array, Array]:
-    # For "A,B->C" with every index of A in B or C (true of all contractions here):
-    # dA = einsum("C,B->A", g, B) and dB = einsum("A,C->B", A, g).
     xc, wc, x_marker, w_marker = res
-    (lhs, rhs), out = eq.split("->")[0].split(","), eq.split("->")[1]
-    gc = g.astype(dtype)
-    dx = _einsum_f32(f"{out},{rhs}->{lhs}", gc, wc).astype(x_marker.dtype)
-    dw = _einsum_f32(f"{lhs},{out}->{rhs}", xc, gc).astype(w_marker.dtype)
-    return dx, dw
+    operands = {"x": xc, "w": wc, "g": g.astype(dtype)}
+
+    def operand(name: str) -> Array:
+        return _swap_last(operands[name[1]]) if name.startswith("T") else operands[name]
+
+    (eq_dx, a_dx, b_dx), (eq_dw, a_dw, b_dw) = _BACKWARD[eq]
+    dx = _einsum_f32(eq_dx, operand(a_dx), operand(b_dx))
+    dw = _einsum_f32(eq_dw, operand(a_dw), operand(b_dw))
+    return dx.astype(x_marker.dtype), dw.astype(w_marker.dtype)
 
 
 _low_precision_einsum.defvjp(_low_precision_fwd, _low_precision_bwd)

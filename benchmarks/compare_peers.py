@@ -1,0 +1,113 @@
+"""Side-by-side training speed: `bertgpt bench` against the HuggingFace peers (PyTorch eager,
+torch.compile, the last HF Flax models) on the same config, interleaved round by round in one
+run so that a noisy neighbour hits every implementation alike. Prints a Markdown table.
+
+    bash ../shared/bench/setup_peers.sh      # once: the peers' venvs
+    .venv/bin/python benchmarks/compare_peers.py --configs small,medium --rounds 3
+
+Each implementation runs as its own process per round; the table gives the median over rounds
+of each run's median step time. Peers use their scripts in --peers-bench (../shared/bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {
+    "small": dict(layers=4, hidden=256, heads=4, seq=128, batch=16),
+    "medium": dict(layers=6, hidden=512, heads=8, seq=128, batch=8),
+}
+VOCAB = 8192
+
+
+def ours_cmd(config: str, family: str, dtype: str, steps: int, extra: list[str]) -> list[str]:
+    c = CONFIGS[config]
+    base = ROOT / "configs" / ("bert_tiny.yaml" if family == "bert" else "gpt_tiny.yaml")
+    overrides = [
+        f"model.num_layers={c['layers']}",
+        f"model.hidden_size={c['hidden']}",
+        f"model.num_heads={c['heads']}",
+        f"model.mlp_dim={4 * c['hidden']}",
+        f"model.vocab_size={VOCAB}",
+        "model.max_len=512",
+        f"model.dtype={dtype}",
+        f"data.seq_len={c['seq']}",
+        "data.max_predictions_per_seq=20",
+        f"train.batch_size={c['batch']}",
+        "mesh.data=1",
+    ]
+    bench = [sys.executable, "-m", "bertgpt_jax.cli", "bench", "--config", str(base)]
+    return bench + ["--steps", str(steps), *overrides, *extra]
+
+
+def peer_cmd(impl: str, config: str, family: str, dtype: str, steps: int, args: argparse.Namespace) -> list[str]:
+    flags = [f"--{k}={v}" for k, v in CONFIGS[config].items()]
+    flags += [f"--family={family}", f"--steps={steps}", f"--dtype={dtype}", f"--vocab={VOCAB}"]
+    bench = Path(args.peers_bench)
+    if impl == "hf-flax":
+        return [args.flax_python, str(bench / "peer_hf_flax.py"), *flags]
+    cmd = [args.torch_python, str(bench / "peer_hf_torch.py"), *flags]
+    return cmd + (["--compile"] if impl == "torch-compile" else [])
+
+
+def run(cmd: list[str]) -> dict | None:
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        print(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-1500:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
+
+
+def step_time(result: dict) -> float:
+    return result.get("step_time_median") or result["step_s_median"]
+
+
+def main() -> int:
+    peers = os.path.expanduser("~/.cache/bertgpt-peers")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="small,medium")
+    p.add_argument("--families", default="bert,gpt")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--impls", default="ours,torch,torch-compile,hf-flax")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--ours-extra", default="", help="extra overrides for bertgpt bench")
+    p.add_argument("--peers-bench", default=str(ROOT.parent / "shared" / "bench"))
+    p.add_argument("--torch-python", default=os.path.join(peers, "torch/bin/python"))
+    p.add_argument("--flax-python", default=os.path.join(peers, "flax/bin/python"))
+    args = p.parse_args()
+    times: dict[tuple, list[float]] = {}
+    for config in args.configs.split(","):
+        for family in args.families.split(","):
+            for dtype in args.dtypes.split(","):
+                impls = args.impls.split(",")
+                for r in range(args.rounds):
+                    for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
+                        if impl == "ours":
+                            cmd = ours_cmd(config, family, dtype, args.steps, args.ours_extra.split())
+                        else:
+                            cmd = peer_cmd(impl, config, family, dtype, args.steps, args)
+                        result = run(cmd)
+                        if result is not None:
+                            times.setdefault((config, family, dtype, impl), []).append(step_time(result))
+                            print(f"{config} {family} {dtype} {impl}: {step_time(result):.4f} s", file=sys.stderr)
+    print("| config | family | dtype | impl | step s (median of rounds) | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for (config, family, dtype, impl), ts in times.items():
+        tokens = CONFIGS[config]["seq"] * CONFIGS[config]["batch"]
+        med = statistics.median(ts)
+        print(f"| {config} | {family} | {dtype} | {impl} | {med:.3f} | {tokens / med:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
