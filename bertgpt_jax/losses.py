@@ -31,9 +31,12 @@ class LossSums(NamedTuple):
 def _cross_entropy(logits: Array, labels: Array, weights: Array) -> LossSums:
     logits = logits.astype(jnp.float32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    label_log_prob = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)
+    nll = -label_log_prob[..., 0]
     weights = weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    # Correct when the label's score is the maximum: a max-reduction rather than an argmax
+    # (which reduces value-index pairs); a tie for the maximum counts as correct.
+    correct = (label_log_prob[..., 0] >= log_probs.max(axis=-1)).astype(jnp.float32)
     return LossSums((nll * weights).sum(), weights.sum(), (correct * weights).sum())
 
 
