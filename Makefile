@@ -24,8 +24,8 @@ demo: install
 	$(PY) -m bertgpt_jax.demo --workdir runs/demo
 
 lint: install-test
-	$(VENV)/bin/ruff check bertgpt_jax tests launch
-	$(VENV)/bin/ruff format --check bertgpt_jax tests launch
+	$(VENV)/bin/ruff check bertgpt_jax tests launch benchmarks
+	$(VENV)/bin/ruff format --check bertgpt_jax tests launch benchmarks
 	$(VENV)/bin/mypy bertgpt_jax
 
 test: lint

@@ -47,7 +47,9 @@ def ours_cmd(config: str, family: str, dtype: str, steps: int, extra: list[str])
     return bench + ["--steps", str(steps), *overrides, *extra]
 
 
-def peer_cmd(impl: str, config: str, family: str, dtype: str, steps: int, args: argparse.Namespace) -> list[str]:
+def peer_cmd(
+    impl: str, config: str, family: str, dtype: str, steps: int, args: argparse.Namespace
+) -> list[str]:
     flags = [f"--{k}={v}" for k, v in CONFIGS[config].items()]
     flags += [f"--family={family}", f"--steps={steps}", f"--dtype={dtype}", f"--vocab={VOCAB}"]
     bench = Path(args.peers_bench)
@@ -62,7 +64,9 @@ def run(cmd: list[str]) -> dict | None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
-        print(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-1500:]}", file=sys.stderr)
+        print(
+            f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-1500:]}", file=sys.stderr
+        )
         return None
     return json.loads(lines[-1])
 
@@ -73,7 +77,9 @@ def step_time(result: dict) -> float:
 
 def main() -> int:
     peers = os.path.expanduser("~/.cache/bertgpt-peers")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--configs", default="small,medium")
     p.add_argument("--families", default="bert,gpt")
     p.add_argument("--dtypes", default="float32,bfloat16")
@@ -93,13 +99,20 @@ def main() -> int:
                 for r in range(args.rounds):
                     for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
                         if impl == "ours":
-                            cmd = ours_cmd(config, family, dtype, args.steps, args.ours_extra.split())
+                            cmd = ours_cmd(
+                                config, family, dtype, args.steps, args.ours_extra.split()
+                            )
                         else:
                             cmd = peer_cmd(impl, config, family, dtype, args.steps, args)
                         result = run(cmd)
                         if result is not None:
-                            times.setdefault((config, family, dtype, impl), []).append(step_time(result))
-                            print(f"{config} {family} {dtype} {impl}: {step_time(result):.4f} s", file=sys.stderr)
+                            times.setdefault((config, family, dtype, impl), []).append(
+                                step_time(result)
+                            )
+                            print(
+                                f"{config} {family} {dtype} {impl}: {step_time(result):.4f} s",
+                                file=sys.stderr,
+                            )
     print("| config | family | dtype | impl | step s (median of rounds) | tokens/s |")
     print("|---|---|---|---|---|---|")
     for (config, family, dtype, impl), ts in times.items():

@@ -1,95 +1,339 @@
-"""Orbax checkpoints of the training state in WORKDIR/checkpoints, resume, and preemption.
+"""Orbax checkpoints of the training state in WORKDIR/checkpoints: save, resume, fall-back,
+compatibility checks, parameter-only restore, initialisation from HuggingFace weights.
 
-A checkpoint holds the `TrainState` arrays (parameters, optimizer state, step, RNG) and a JSON
-metadata item (resolved config, package and library versions, mesh, final metrics). Saves are
-asynchronous; Orbax writes each step to a temporary directory and renames it on commit, so an
-uncommitted step is never seen by `latest_step`. Restoring goes through an abstract target with
-this run's shardings, so a checkpoint saved on one mesh restores onto another.
+A checkpoint step holds two Orbax items: `state`, the `TrainState` arrays (parameters, optimizer
+state, step, RNG key data) saved by every process for its own shards, and `metadata`, a JSON
+object written by process 0 (resolved config, tokenizer and data identity, mesh, versions,
+metrics, the config changes made at earlier resumes). Saves are asynchronous: the loop waits only
+while the arrays are copied off the devices; Orbax writes into a temporary directory and renames
+it when every process has finished, so an uncommitted step is never listed or restored.
+
+Restoring goes through an abstract target carrying this run's shardings, so a checkpoint saved
+on one mesh, device count or process count restores onto another. A newest checkpoint that
+cannot be read (a truncated or missing file) gives a warning and the previous one is used; the
+unreadable steps, and any steps after the one resumed from, are moved to WORKDIR/set_aside/ so
+that the resumed run can save those steps again. A checkpoint made with another model
+architecture or tokenizer is refused with a `CheckpointError`; other changes (learning rate,
+mesh, batch size, ...) are allowed, printed, and recorded in the metadata of later saves.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator
+import importlib.metadata
+import json
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
 
-from bertgpt_jax.config import Config, config_to_dict
+from bertgpt_jax.config import Config, ConfigError, ModelConfig, config_from_dict, config_to_dict
 from bertgpt_jax.train_step import Trainer, TrainState
 
+CHECKPOINTS = "checkpoints"
+SET_ASIDE = "set_aside"
+TOKENIZER_FILE = "tokenizer.model"
+# Model keys that change how the model is run or trained, not what its parameters mean: a resume
+# (or an HF initialisation) may change them. Every other model key is the architecture.
+RUNTIME_MODEL_KEYS = frozenset({
+    "dtype", "attention_impl", "scan_layers", "remat",
+    "dropout_rate", "attention_dropout_rate", "initializer_range",
+})  # fmt: skip
+# Orbax's replica-parallel save writes a replicated shard in slices, one per replica, so that
+# every host writes a part; the slices are cut on the devices by small jitted programs (compiled
+# at the first save: 5 s blocked for the tiny model on 8 CPU devices; then ~1 ms dispatch each).
+# With one process there is no other host to share with, so it is off; with several it is kept
+# for slices of at least this size.
+_MIN_SLICE_BYTES = 1 << 20
+_PACKAGES = ("bertgpt-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
-def _versions() -> dict[str, str]:
-    import flax
-    import optax
 
-    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+class CheckpointError(ConfigError):
+    """A missing, unreadable or incompatible checkpoint; the message says what to do."""
 
 
-class Checkpointer:
-    def __init__(self, directory: Path, config: Config, trainer: Trainer):
-        self.config = config
-        self.trainer = trainer
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def data_identity(config: Config) -> tuple[dict | None, dict | None]:
+    """(tokenizer identity, prepared data identity) from the manifest.json of the store at
+    data.path (see data/store.py), or Nones where there is none."""
+    try:
+        path = Path(config.data.path) / "manifest.json" if config.data.path else None
+        manifest = json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(manifest, dict):
+        return None, None
+    keys = ("format", "fingerprint", "splits")
+    data = {"path": str(Path(config.data.path).absolute()), **{k: manifest.get(k) for k in keys}}
+    return manifest.get("tokenizer"), data
+
+
+def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, keys in config.items() for k, v in dict(keys).items()}
+
+
+def config_changes(saved: Mapping[str, Any], config: Config) -> dict[str, list]:
+    """`section.key` -> [saved value, this run's value] for every key that differs."""
+    old, new = _flat(saved), _flat(config_to_dict(config))
+    return {
+        k: [old.get(k), new.get(k)]
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    }
+
+
+def architecture_keys(changes: Mapping[str, list]) -> list[str]:
+    return [
+        k
+        for k, (old, _) in changes.items()
+        if k.startswith("model.") and k[6:] not in RUNTIME_MODEL_KEYS and old is not None
+    ]
+
+
+def _describe(changes: Mapping[str, list], keys: list[str]) -> str:
+    return ", ".join(f"{k} ({changes[k][0]!r} there, {changes[k][1]!r} here)" for k in keys)
+
+
+def check_compatible(
+    meta: Mapping[str, Any], config: Config, tokenizer: dict | None, where: str
+) -> dict[str, list]:
+    """Raises CheckpointError for another architecture or tokenizer; returns the other changes."""
+    changes = config_changes(meta["config"], config)
+    fatal = architecture_keys(changes)
+    if fatal:
+        raise CheckpointError(
+            f"{where} was trained with a different model: {_describe(changes, fatal)}; set those "
+            "keys back to the checkpoint's values, or train in a new workdir (or pass --fresh)."
+        )
+    saved = meta.get("tokenizer")
+    if saved and tokenizer and saved != tokenizer:
+        old, new = (str(t.get("model_sha256"))[:12] for t in (saved, tokenizer))
+        raise CheckpointError(
+            f"{where} was trained with another tokenizer (sha256 {old} there, {new} here); point "
+            "data.path at a store prepared with the checkpoint's tokenizer, or train in a new "
+            "workdir."
+        )
+    return {k: v for k, v in changes.items() if k not in fatal}
+
+
+def _agree(ok: bool) -> bool:
+    """True only if `ok` holds on every process (a shard may be unreadable on one host only)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+    """Orbax's PyTree handler, with replica-parallel saves only where they help (see above)."""
+    from orbax.checkpoint._src.metadata import array_metadata_store  # as Orbax's default registry
+
+    th = ocp.type_handlers
+    # type(...): the placeholders of a partial restore.
+    types: list[Any] = [int, float, bytes, np.number, np.ndarray, str, type(...)]
+    standard = [(t, th.get_type_handler(t)) for t in types]
+    array = th.ArrayHandler(
+        array_metadata_store=array_metadata_store.Store(),
+        use_replica_parallel=jax.process_count() > 1,
+        min_slice_bytes_for_replica_parallel=_MIN_SLICE_BYTES,
+    )
+    registry = th.create_type_handler_registry(*standard, (jax.Array, array))
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+def _manager(directory: Path, config: Config | None) -> ocp.CheckpointManager:
+    """A manager that saves per `config.checkpoint`, or (config None) a read-only one."""
+    if config is None:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    else:
         c = config.checkpoint
         options = ocp.CheckpointManagerOptions(
             max_to_keep=c.keep,
             keep_period=c.keep_every or None,
             enable_async_checkpointing=c.async_save,
             create=True,
+            cleanup_tmp_directories=True,
         )
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    handlers = {"state": _state_handler(), "metadata": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
+
+
+def _read_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    meta = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    meta = meta["metadata"]
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError("its metadata has no config")
+    return meta
+
+
+def _short(err: BaseException) -> str:
+    """An exception as one short line (Orbax and TensorStore errors span many)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+
+
+def _warn_unreadable(directory: Path, step: int, err: BaseException) -> None:
+    warnings.warn(
+        f"checkpoint step {step} in {directory} cannot be read ({_short(err)}); "
+        "falling back to the previous checkpoint.",
+        stacklevel=3,
+    )
+
+
+def _candidates(directory: Path, steps: list[int], step: int | None) -> list[int]:
+    if step is None:
+        return steps
+    if step not in steps:
+        shown = ", ".join(map(str, sorted(steps))) or "none"
+        raise CheckpointError(
+            f"there is no committed checkpoint at step {step} in {directory} (steps: {shown}); "
+            "pass one of those to --step, or leave --step out for the newest."
+        )
+    return [step]
+
+
+class Checkpointer:
+    """The run's checkpoint manager: periodic async saves, resume with fall-back, metadata."""
+
+    def __init__(
+        self, workdir: str | Path, config: Config, trainer: Trainer, read_only: bool = False
+    ):
+        """`read_only` (e.g. for `bertgpt eval`): restore only; nothing is saved or moved."""
+        self.workdir = Path(workdir).absolute()
+        if read_only and not (self.workdir / CHECKPOINTS).is_dir():
+            raise CheckpointError(f"{workdir} has no checkpoints/; run `bertgpt train` first.")
+        self.read_only = read_only
+        self.directory = self.workdir / CHECKPOINTS
+        self.config, self.trainer = config, trainer
+        self.tokenizer, self.data = data_identity(config)
+        self.history: list[dict[str, Any]] = []  # config changes made at resumes
+        self.blocked_s = 0.0  # how long the last save() held up the caller
+        self.manager = _manager(self.directory, None if read_only else config)
 
     def should_save(self, step: int) -> bool:
         return step % self.config.checkpoint.every_steps == 0
 
-    def metadata(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+    def metadata(self, step: int, metrics: Mapping[str, float]) -> dict[str, Any]:
         return {
             "step": step,
             "config": config_to_dict(self.config),
+            "tokenizer": self.tokenizer,
+            "data": self.data,
             "mesh": dict(self.trainer.mesh.shape),
-            "versions": _versions(),
-            "metrics": metrics,
+            "process_count": jax.process_count(),
+            "device_count": jax.device_count(),
+            "versions": versions(),
+            "metrics": dict(metrics),
+            "config_changes": self.history,
+            "saved_at": time.time(),
         }
 
-    def save(self, step: int, state: TrainState, metrics: dict[str, float], force: bool) -> None:
+    def save(self, step: int, state: TrainState, metrics: Mapping[str, float], force: bool) -> None:
+        """Starts an async save; returns once the arrays are off the devices (`blocked_s`)."""
+        start = time.perf_counter()
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.PyTreeSave(state),
             metadata=ocp.args.JsonSave(self.metadata(step, metrics)),
         )
         self.manager.save(step, args=args, force=force)
+        self.blocked_s = time.perf_counter() - start
 
-    def restore(self, step: int | None = None) -> TrainState | None:
-        """The newest (or the given) committed checkpoint, on this run's mesh; None if none."""
-        step = self.manager.latest_step() if step is None else step
-        if step is None:
-            return None
+    def _target(self) -> tuple[TrainState, TrainState]:
+        """The abstract state on this run's mesh, and matching Orbax restore args."""
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             self.trainer.abstract_state,
             self.trainer.state_shardings,
         )
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )
-        return restored["state"]
+        return target, jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
 
-    @contextlib.contextmanager
-    def preemption_guard(self) -> Iterator[Callable[[], bool]]:
-        """While active, SIGTERM/SIGINT ask the loop to save and stop after the current step."""
-        flag = threading.Event()
-        installed = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                installed[sig] = signal.signal(sig, lambda *_: flag.set())
+    def _restore_state(self, step: int) -> TrainState:
+        target, restore_args = self._target()
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
+        return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+    def restore(self, step: int | None = None, fresh: bool = False) -> TrainState | None:
+        """The state of the newest readable (or the given) checkpoint on this run's mesh; None
+        when there is none or `fresh`. Later steps are set aside so they can be saved again."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if fresh:
+            self._set_aside(steps, "fresh start")
+            return None
+        unreadable: list[int] = []
+        for s in _candidates(self.directory, steps, step):
+            where = f"checkpoint step {s} in {self.directory}"
+            meta = self._try(lambda s=s: _read_metadata(self.manager, s), s, step)
+            if meta is None:
+                unreadable.append(s)
+                continue
+            changes = check_compatible(meta, self.config, self.tokenizer, where)
+            state = self._try(lambda s=s: self._restore_state(s), s, step)
+            if state is None:
+                unreadable.append(s)
+                continue
+            self._record(s, meta, changes)
+            self._set_aside([t for t in steps if t > s], "newer than the step resumed from")
+            return state
+        if steps:
+            raise CheckpointError(
+                f"none of the checkpoints in {self.directory} (steps {unreadable}) can be read; "
+                "move them away, or pass --fresh to set them aside and start over."
+            )
+        return None
+
+    def _try(self, read: Any, step: int, explicit: int | None) -> Any:
+        error: BaseException = RuntimeError("it cannot be read on another process")
         try:
-            yield flag.is_set
-        finally:
-            for sig, handler in installed.items():
-                signal.signal(sig, handler)
+            value, ok = read(), True
+        except Exception as err:  # Orbax/TensorStore raise many types for damaged files
+            value, ok, error = None, False, err
+        if _agree(ok):
+            return value
+        if explicit is not None:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} cannot be read "
+                f"({_short(error)}); choose another --step, or leave it out for the newest."
+            ) from error
+        _warn_unreadable(self.directory, step, error)
+        return None
+
+    def _record(self, step: int, meta: Mapping[str, Any], changes: dict[str, list]) -> None:
+        self.history = list(meta.get("config_changes") or [])
+        if changes:
+            self.history.append({"resumed_at_step": step, "changes": changes})
+            if jax.process_index() == 0:
+                shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+                print(f"Resuming from step {step} with config changes: {shown}", flush=True)
+
+    def _set_aside(self, steps: list[int], reason: str) -> None:
+        """Moves whole step directories to WORKDIR/set_aside/ (nothing is deleted)."""
+        if not steps or self.read_only:
+            return
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            target = self.workdir / SET_ASIDE / time.strftime("%Y%m%d-%H%M%S")
+            target.mkdir(parents=True, exist_ok=True)
+            for s in steps:
+                shutil.move(str(self.directory / str(s)), str(target / str(s)))
+            print(f"Set aside checkpoint steps {sorted(steps)} ({reason}) in {target}", flush=True)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("bertgpt_checkpoint_set_aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -97,3 +341,66 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def abstract_params(config: ModelConfig) -> dict[str, Any]:
+    """The parameter tree of `config` as ShapeDtypeStructs (nothing allocated)."""
+    from bertgpt_jax.model import build_model
+
+    model = nnx.eval_shape(lambda: build_model(config, jax.random.key(0)))
+    return nnx.state(model, nnx.Param).to_pure_dict()
+
+
+def _read_params(manager: ocp.CheckpointManager, step: int) -> tuple[Config, Any, dict]:
+    meta = _read_metadata(manager, step)
+    config = config_from_dict(meta["config"])
+    shapes = abstract_params(config.model)
+    item = {"params": jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)}
+    as_numpy = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)}
+    # partial_restore: only the params subtree is read; the optimizer state stays on disk.
+    args = ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True)
+    restored = manager.restore(step, args=ocp.args.Composite(state=args))
+    return config, restored["state"]["params"], meta
+
+
+def restore_params(
+    workdir: str | Path, step: int | None = None
+) -> tuple[Config, int, dict[str, Any], dict[str, Any]]:
+    """(config, step, float32 numpy params, metadata) of a workdir's checkpoint, reading only the
+    parameters: the optimizer state is never loaded. For export and inference; one process."""
+    workdir = Path(workdir)
+    directory = workdir / CHECKPOINTS
+    if not workdir.is_dir():
+        raise CheckpointError(f"workdir {workdir} does not exist; pass the --workdir of a run.")
+    if not directory.is_dir():
+        raise CheckpointError(f"{workdir} has no checkpoints/; run `bertgpt train` there first.")
+    manager = _manager(directory, None)
+    try:
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"{directory} holds no committed checkpoint; train longer.")
+        for s in _candidates(directory, steps, step):
+            try:
+                config, params, meta = _read_params(manager, s)
+                return config, s, params, meta
+            except Exception as err:
+                if step is not None:
+                    raise CheckpointError(
+                        f"checkpoint step {s} in {directory} cannot be read ({_short(err)}); pass "
+                        "another --step, or leave it out for the newest readable one."
+                    ) from err
+                _warn_unreadable(directory, s, err)
+    finally:
+        manager.close()
+    raise CheckpointError(f"none of the checkpoints in {directory} can be read.")
+
+
+def is_workdir(path: str | Path) -> bool:
+    """A training workdir has a checkpoints/ directory (HF directories have config.json)."""
+    return (Path(path) / CHECKPOINTS).is_dir()
+
+
+def load_workdir(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The newest readable checkpoint's model config and parameters (no optimizer state)."""
+    config, _, params, _ = restore_params(path)
+    return config.model, params

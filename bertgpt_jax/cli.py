@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from bertgpt_jax import aot, export
 from bertgpt_jax.config import Config, ConfigError, load_config
+from bertgpt_jax.data import cli as data_cli
 
 
 def _add_config_args(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -64,7 +66,7 @@ def _eval(args: argparse.Namespace) -> int:
     from bertgpt_jax.train_step import Trainer
 
     trainer = Trainer(config, make_mesh(config.mesh))
-    checkpointer = Checkpointer(workdir / "checkpoints", config, trainer)
+    checkpointer = Checkpointer(workdir, config, trainer, read_only=True)
     state = checkpointer.restore(args.step)
     checkpointer.close()
     if state is None:
@@ -107,23 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.set_defaults(func=_bench)
 
-    for register in _plugins():
+    for register in (data_cli.register, export.register, aot.register):
         register(sub)
     return parser
-
-
-def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands owned by other modules (data preparation, export, compile check)."""
-    from bertgpt_jax.data import cli as data_cli
-
-    registers = [data_cli.register]
-    for module in ("bertgpt_jax.export", "bertgpt_jax.aot"):
-        try:
-            registers.append(__import__(module, fromlist=["register"]).register)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-    return registers
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,11 +2,19 @@
 
 `train_and_evaluate(config, workdir)` is the whole job. It resumes from the newest complete
 checkpoint in WORKDIR/checkpoints by itself; the data pipeline is stateless (the batch at step s
-is a function of the seed and s), so a resumed run sees exactly the batches it would have seen.
+is a function of the seed and s), so a resumed run sees exactly the batches it would have seen,
+and on the same mesh computes bitwise the same states. Rows of metrics.jsonl after the step
+resumed from (logged by a run killed before its next checkpoint) are dropped, so every step is
+logged once. A fresh run starts from random weights, or from an HF model's
+(`checkpoint.init_from_hf`). SIGTERM/SIGINT end the run cleanly after a committed save.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +23,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from bertgpt_jax.checkpoint import Checkpointer
+from bertgpt_jax.checkpoint import (
+    TOKENIZER_FILE,
+    Checkpointer,
+    CheckpointError,
+    architecture_keys,
+    config_changes,
+)
 from bertgpt_jax.config import Config, dump_config
 from bertgpt_jax.losses import LossSums
 from bertgpt_jax.metrics import MetricsWriter, device_peak_flops, flops_per_step
 from bertgpt_jax.objectives import summarize
+from bertgpt_jax.preemption import Preemption
 from bertgpt_jax.sharding import make_mesh
 from bertgpt_jax.train_step import Trainer, TrainState
 
@@ -110,23 +125,105 @@ def train_and_evaluate(
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.yaml").write_text(dump_config(config))
     mesh = make_mesh(config.mesh)
     trainer = Trainer(config, mesh)
-    checkpointer = Checkpointer(workdir / "checkpoints", config, trainer)
-    state = None if fresh else checkpointer.restore(restore_step)
-    if state is None:
-        state = trainer.init(config.train.seed)
-    start = int(jax.device_get(state.step))
-    writer = MetricsWriter(workdir, config.train.steps, start, enabled=primary)
-    last: dict[str, float] = {}
+    checkpointer = Checkpointer(workdir, config, trainer)
     try:
-        with checkpointer.preemption_guard() as preempted:
-            last = _loop(config, workdir, trainer, checkpointer, state, start, writer, preempted)
+        # Compatibility is checked before anything in the workdir is rewritten.
+        state = checkpointer.restore(restore_step, fresh=fresh)
+        if state is None:
+            state = _initial_state(config, trainer, checkpointer.tokenizer)
+        start = int(jax.device_get(state.step))
+        if primary:
+            (workdir / "config.yaml").write_text(dump_config(config))
+            _trim_metrics(workdir / "metrics.jsonl", start)
+            _copy_tokenizer(config, workdir)
+        writer = MetricsWriter(workdir, config.train.steps, start, enabled=primary)
+        try:
+            with Preemption(start) as preemption:
+                return _loop(
+                    config, workdir, trainer, checkpointer, state, start, writer, preemption
+                )
+        finally:
+            writer.close()
     finally:
-        writer.close()
         checkpointer.close()
-    return last
+
+
+def _initial_state(config: Config, trainer: Trainer, tokenizer: dict | None) -> TrainState:
+    if config.checkpoint.init_from_hf:
+        return state_from_hf(trainer, config.checkpoint.init_from_hf, tokenizer)
+    return trainer.init(config.train.seed)
+
+
+def state_from_hf(trainer: Trainer, path: str | Path, tokenizer: dict | None) -> TrainState:
+    """A fresh training state (step 0, new optimizer state) holding an HF model's parameters,
+    for continued pretraining; refuses a model whose architecture differs from the config's."""
+    from bertgpt_jax import hf
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint.init_from_hf={path} is not a directory.")
+    hf_model, params = hf.load_hf(path)
+    changes = config_changes({"model": vars(hf_model)}, trainer.config)
+    fatal = architecture_keys(changes)
+    if fatal:
+        shown = ", ".join(
+            f"{k} ({changes[k][0]!r} in config.json, {changes[k][1]!r} here)" for k in fatal
+        )
+        raise CheckpointError(
+            f"checkpoint.init_from_hf={path} does not fit the config: {shown}; set those model "
+            "keys to the HF model's values."
+        )
+    sp_model = path / TOKENIZER_FILE
+    if tokenizer and sp_model.is_file():
+        sha256 = hashlib.sha256(sp_model.read_bytes()).hexdigest()
+        if sha256 != tokenizer.get("model_sha256"):
+            raise CheckpointError(
+                f"checkpoint.init_from_hf={path} has another tokenizer than the store at "
+                "data.path; prepare the store with its tokenizer.model."
+            )
+    # Every process reads the file and places its own shards; no host holds another's.
+    put = lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i])  # noqa: E731
+    sharded = jax.tree.map(put, params, trainer.param_shardings)
+
+    def build(p: Any, key: jax.Array) -> TrainState:
+        # The step and dropout RNG exactly as a fresh run makes them; XLA drops the random
+        # parameters that this state does not use.
+        fresh = trainer._init_state(key)
+        return TrainState(fresh.step, p, trainer.optimizer.init(p), fresh.rng)
+
+    init = jax.jit(build, out_shardings=trainer.state_shardings)  # as Trainer.init
+    return init(sharded, jax.random.key(trainer.config.train.seed))
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Keeps only rows up to `last_step` (and drops a line cut short by a kill)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _copy_tokenizer(config: Config, workdir: Path) -> None:
+    """Keeps the store's tokenizer.model in the workdir, for `bertgpt export`."""
+    source = Path(config.data.path) / TOKENIZER_FILE
+    target = workdir / TOKENIZER_FILE
+    if not config.data.path or not source.is_file():
+        return
+    if not target.is_file() or target.read_bytes() != source.read_bytes():
+        tmp = target.with_name(f".{TOKENIZER_FILE}.tmp-{os.getpid()}")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
 
 
 def _loop(
@@ -137,12 +234,13 @@ def _loop(
     state: TrainState,
     start: int,
     writer: MetricsWriter,
-    preempted: Any,
+    preemption: Preemption,
 ) -> dict[str, float]:
     t = config.train
     timer = _Timer(config, jax.device_count())
     history: list[tuple[int, dict[str, Any]]] = []
     last: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
     batches = _host_batches(config, "train", start)
     step = start
     while step < t.steps:
@@ -155,7 +253,8 @@ def _loop(
             timer.reset()  # throughput excludes compilation
         else:
             timer.steps += 1
-        must_save = checkpointer.should_save(step) or step == t.steps or preempted()
+        stop = preemption.reached(step)  # asked once per step: the same answer on every process
+        must_save = checkpointer.should_save(step) or step == t.steps or stop
         if step % t.log_every == 0 or must_save:
             history = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in history]
             _check_finite(history, t.nan_policy)
@@ -166,12 +265,17 @@ def _loop(
             writer.advance(len(history))
             history = []
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-            writer.write(step, evaluate(trainer, state, config), prefix="eval_")
+            last_eval = evaluate(trainer, state, config)
+            writer.write(step, last_eval, prefix="eval_")
         if must_save:
-            checkpointer.save(step, state, last, force=step == t.steps or preempted())
-        if preempted():
+            saved = {**last, **{f"eval_{k}": v for k, v in last_eval.items()}}
+            checkpointer.save(step, state, saved, force=step == t.steps or stop)
+        if stop:
             checkpointer.wait()
-            print(f"Preempted: saved a committed checkpoint at step {step}; exiting cleanly.")
+            if jax.process_index() == 0:
+                print(
+                    f"Preempted: saved a committed checkpoint at step {step}; exiting.", flush=True
+                )
             break
     if t.profile_steps > 0 and t.profile_start <= step < t.profile_start + t.profile_steps:
         jax.profiler.stop_trace()

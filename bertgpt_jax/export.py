@@ -1,0 +1,157 @@
+"""`bertgpt export`: a training workdir's checkpoint -> a HuggingFace model directory.
+
+    bertgpt export --workdir runs/x [--step N] --output hf/x [--dtype float32|bfloat16]
+
+writes config.json and model.safetensors (parameters only: the optimizer state is never read,
+see `checkpoint.restore_params`), the tokenizer as `tokenizer.json` + `tokenizer_config.json`
+(plus the SentencePiece `tokenizer.model` it was converted from), and a README.md model card
+with the training config and final metrics. `transformers.AutoTokenizer.from_pretrained(OUT)`
+then gives our SentencePiece ids, and `BertForPreTraining` / `GPT2LMHeadModel.from_pretrained`
+our logits. Everything is written into a hidden sibling directory that is renamed onto OUT at the
+end, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bertgpt_jax import hf
+from bertgpt_jax.checkpoint import TOKENIZER_FILE, CheckpointError, restore_params
+from bertgpt_jax.config import Config, config_to_dict
+from bertgpt_jax.hf_tokenizer import hf_special_ids, write_hf_tokenizer
+
+
+def find_tokenizer(workdir: Path, config: Config, meta: Mapping[str, Any]) -> Path:
+    """The run's SentencePiece model: the workdir's copy, else the store's; checked against the
+    identity recorded in the checkpoint."""
+    want = (meta.get("tokenizer") or {}).get("model_sha256")
+    places = [workdir / TOKENIZER_FILE]
+    if config.data.path:
+        places.append(Path(config.data.path) / TOKENIZER_FILE)
+    for path in places:
+        if path.is_file() and (
+            want is None or hashlib.sha256(path.read_bytes()).hexdigest() == want
+        ):
+            return path
+    raise CheckpointError(
+        f"found no tokenizer.model in {workdir} or data.path={config.data.path!r} matching the "
+        "checkpoint's tokenizer; copy the store's tokenizer.model into the workdir."
+    )
+
+
+def _metrics_table(metrics: Mapping[str, Any]) -> str:
+    rows = [f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items()) if isinstance(v, float)]
+    return "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "(none logged)"
+
+
+def model_card(config: Config, step: int, meta: Mapping[str, Any], dtype: str) -> str:
+    """A short README.md: what the model is, how it was trained, its last metrics."""
+    m = config.model
+    arch = "BertForPreTraining" if m.family == "bert" else "GPT2LMHeadModel"
+    objective = "masked LM + sentence-pair" if m.family == "bert" else "causal LM"
+    data = meta.get("data") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+    changes = meta.get("config_changes") or []
+    task = "fill-mask" if m.family == "bert" else "text-generation"
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"tags: [bertgpt-jax, {m.family}, {task}]",
+        "---",
+        f"# {arch} trained with bertgpt-jax",
+        "",
+        f"A {m.num_layers}-layer, {m.hidden_size}-wide {m.family.upper()} ({objective}), "
+        f"exported from step {step} of {config.train.steps} as {dtype}.",
+        "",
+        f"- tokenizer: SentencePiece, {m.vocab_size} ids, sha256 "
+        f"{(meta.get('tokenizer') or {}).get('model_sha256', 'unknown')}",
+        f"- data: {data.get('path', config.data.path or 'unknown')} (fingerprint "
+        f"{data.get('fingerprint', 'unknown')})",
+        f"- mesh: {meta.get('mesh')} on {meta.get('process_count')} process(es)",
+        f"- versions: {versions}",
+    ]
+    if changes:
+        lines.append(f"- config changed at resumes: {json.dumps(changes)}")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoTokenizer, " + arch,
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+        f"model = {arch}.from_pretrained(PATH)",
+        "```",
+        "",
+        f"## Metrics at step {step}",
+        "",
+        _metrics_table(meta.get("metrics") or {}),
+        "",
+        "## Training config",
+        "",
+        "```yaml",
+        yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _install(tmp: Path, output: Path) -> None:
+    """Renames the finished export onto `output` (which may be missing or an empty directory)."""
+    if output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
+    os.replace(tmp, output)
+
+
+def export(
+    workdir: str | Path, output: str | Path, step: int | None = None, dtype: str = "float32"
+) -> Path:
+    """Writes the HF directory for a workdir's checkpoint (the newest, or `step`); returns it."""
+    workdir, output = Path(workdir), Path(output)
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise CheckpointError(
+            f"output {output} already exists and is not empty; choose another --output."
+        )
+    if dtype not in ("float32", "bfloat16"):
+        raise CheckpointError(f"--dtype {dtype!r} is not valid; use float32 or bfloat16.")
+    config, step, params, meta = restore_params(workdir, step)
+    sp_model = find_tokenizer(workdir, config, meta)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        specials = hf_special_ids(config.model.family)
+        hf.save_hf(tmp, params, config.model, dtype, extra_config=specials)
+        write_hf_tokenizer(tmp, sp_model, config.model.family, config.model.max_len)
+        (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
+        _install(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = export(args.workdir, args.output, args.step, args.dtype)
+    print(json.dumps({"exported": str(out), "files": sorted(p.name for p in out.iterdir())}))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="write a workdir's checkpoint as a HuggingFace model directory"
+    )
+    p.add_argument("--workdir", required=True, help="the --workdir of a `bertgpt train` run")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    p.add_argument("--output", required=True, help="new directory for the HF model")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.set_defaults(func=_run)
