@@ -28,15 +28,48 @@ class LossSums(NamedTuple):
         return self.correct_sum / jnp.maximum(self.weight_sum, 1e-8)
 
 
+@jax.custom_vjp
+def _token_nll(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """Per-row negative log-likelihood of `labels` and the gap from the row maximum to the
+    label's logit (0 when the label is the argmax), in float32.
+
+    Written with its own backward, softmax(logits) - onehot(labels), computed in one pass from
+    the saved logits and log-normaliser: autodiff of log_softmax + gather stores the full
+    log-probabilities and adds a scatter into a zero [..., V] array, several extra passes over
+    the largest activation of a GPT step."""
+    nll, gap, _ = _nll_forward(logits, labels)
+    return nll, gap
+
+
+def _nll_forward(logits: Array, labels: Array) -> tuple[Array, Array, Array]:
+    row_max = logits.max(axis=-1)
+    lse = row_max + jnp.log(jnp.exp(logits - row_max[..., None]).sum(axis=-1))
+    label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return lse - label_logit, row_max - label_logit, lse
+
+
+def _token_nll_fwd(logits: Array, labels: Array) -> tuple[tuple[Array, Array], tuple]:
+    nll, gap, lse = _nll_forward(logits, labels)
+    return (nll, gap), (logits, labels, lse)
+
+
+def _token_nll_bwd(res: tuple, cotangents: tuple[Array, Array]) -> tuple[Array, None]:
+    logits, labels, lse = res
+    g_nll, _ = cotangents  # the max gap only feeds the (non-differentiated) accuracy
+    onehot = labels[..., None] == jnp.arange(logits.shape[-1], dtype=labels.dtype)
+    grad = (jnp.exp(logits - lse[..., None]) - onehot) * g_nll[..., None]
+    return grad, None
+
+
+_token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
+
+
 def _cross_entropy(logits: Array, labels: Array, weights: Array) -> LossSums:
-    logits = logits.astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    label_log_prob = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)
-    nll = -label_log_prob[..., 0]
+    nll, gap = _token_nll(logits.astype(jnp.float32), labels.astype(jnp.int32))
     weights = weights.astype(jnp.float32)
-    # Correct when the label's score is the maximum: a max-reduction rather than an argmax
-    # (which reduces value-index pairs); a tie for the maximum counts as correct.
-    correct = (label_log_prob[..., 0] >= log_probs.max(axis=-1)).astype(jnp.float32)
+    # Correct when the label's score is the row maximum (gap 0): a max-reduction rather than
+    # an argmax, which reduces value-index pairs; a tie for the maximum counts as correct.
+    correct = (gap <= 0).astype(jnp.float32)
     return LossSums((nll * weights).sum(), weights.sum(), (correct * weights).sum())
 
 

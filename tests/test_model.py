@@ -252,3 +252,20 @@ def test_every_config_builds(path):
     else:
         assert out["logits"].shape == (batch, length, vocab)
     assert all(v.dtype == jnp.float32 for v in out.values())
+
+
+def test_cross_entropy_gradient_matches_autodiff_of_log_softmax():
+    """losses.py writes the backward out (softmax - onehot); it must equal JAX's autodiff."""
+    from bertgpt_jax.losses import causal_lm_loss
+
+    logits = jax.random.normal(jax.random.key(0), (4, 7, 50)) * 3
+    labels = jax.random.randint(jax.random.key(1), (4, 7), 0, 50)
+    weights = (jax.random.uniform(jax.random.key(2), (4, 7)) > 0.3).astype(jnp.float32)
+
+    def reference(x):
+        log_probs = jax.nn.log_softmax(x)
+        picked = jnp.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+        return -(picked * weights).sum()
+
+    ours = jax.jit(jax.grad(lambda x: causal_lm_loss(x, labels, weights).loss_sum))(logits)
+    np.testing.assert_allclose(ours, jax.grad(reference)(logits), atol=1e-6)
