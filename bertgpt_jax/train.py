@@ -267,6 +267,7 @@ def _loop(
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
             last_eval = evaluate(trainer, state, config)
             writer.write(step, last_eval, prefix="eval_")
+            timer.reset()  # evaluation waited for the train steps; its time is not theirs
         if must_save:
             saved = {**last, **{f"eval_{k}": v for k, v in last_eval.items()}}
             checkpointer.save(step, state, saved, force=step == t.steps or stop)
