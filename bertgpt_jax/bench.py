@@ -17,8 +17,8 @@ from bertgpt_jax.train_step import Trainer
 
 
 def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of a square matmul in the compute dtype (bf16 inputs accumulate in f32,
-    as the model's matmuls do), summed over all local devices' share of one device."""
+    """Best FLOP/s of one device on a square matmul in the compute dtype (bf16 inputs
+    accumulate in f32, as the model's matmuls do)."""
     dt = jnp.dtype(dtype)
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dt)
     mm = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
