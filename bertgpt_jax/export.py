@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from bertgpt_jax import hf
+from bertgpt_jax import hf_files
 from bertgpt_jax.checkpoint import TOKENIZER_FILE, CheckpointError, restore_params
 from bertgpt_jax.config import Config, config_to_dict
 from bertgpt_jax.hf_tokenizer import hf_special_ids, write_hf_tokenizer
@@ -131,7 +131,7 @@ def export(
     try:
         tmp.mkdir()
         specials = hf_special_ids(config.model.family)
-        hf.save_hf(tmp, params, config.model, dtype, extra_config=specials)
+        hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
         write_hf_tokenizer(tmp, sp_model, config.model.family, config.model.max_len)
         (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
         _install(tmp, output)

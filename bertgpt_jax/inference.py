@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bertgpt_jax import hf
+from bertgpt_jax import hf, hf_files
 from bertgpt_jax.config import ConfigError, ModelConfig
 from bertgpt_jax.model import Bert, build_model
 
@@ -45,7 +45,7 @@ def _load_workdir(path: Path) -> tuple[ModelConfig, Any]:
 
 # (does this directory hold it?, read it -> (ModelConfig, params)), tried in order.
 _LOADERS: tuple[tuple[Callable[[Path], bool], Callable[[Path], tuple[ModelConfig, Any]]], ...] = (
-    (hf.is_hf_dir, hf.load_hf),
+    (hf_files.is_hf_dir, hf_files.load_hf),
     (_is_workdir, _load_workdir),
 )
 
@@ -149,6 +149,6 @@ def load_pretrained(
             return PretrainedModel(config, params)
     raise ConfigError(
         f"{path} holds no model bertgpt-jax can load: a HuggingFace directory needs "
-        "config.json and model.safetensors (write one with `save_pretrained` or hf.save_hf), a "
-        "training workdir needs checkpoints/ (run `bertgpt train`)."
+        "config.json and model.safetensors (write one with `save_pretrained` or "
+        "hf_files.save_hf), a training workdir needs checkpoints/ (run `bertgpt train`)."
     )

@@ -159,12 +159,12 @@ def _initial_state(config: Config, trainer: Trainer, tokenizer: dict | None) -> 
 def state_from_hf(trainer: Trainer, path: str | Path, tokenizer: dict | None) -> TrainState:
     """A fresh training state (step 0, new optimizer state) holding an HF model's parameters,
     for continued pretraining; refuses a model whose architecture differs from the config's."""
-    from bertgpt_jax import hf
+    from bertgpt_jax import hf_files
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint.init_from_hf={path} is not a directory.")
-    hf_model, params = hf.load_hf(path)
+    hf_model, params = hf_files.load_hf(path)
     changes = config_changes({"model": vars(hf_model)}, trainer.config)
     fatal = architecture_keys(changes)
     if fatal:

@@ -72,6 +72,7 @@ class Trainer:
             out_shardings=(self.state_shardings, self.replicated),
             donate_argnums=0,
         )
+        self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
         self._eval_step = jax.jit(
             self._eval, in_shardings=(self.state_shardings, None), out_shardings=self.replicated
         )
@@ -115,8 +116,7 @@ class Trainer:
 
     def init(self, seed: int) -> TrainState:
         """Fresh state, created directly in its shards."""
-        init = jax.jit(self._init_state, out_shardings=self.state_shardings)
-        return init(jax.random.key(seed))
+        return self._init(jax.random.key(seed))
 
     def model(self, params: Any) -> Any:
         return nnx.merge(self.graphdef, params)

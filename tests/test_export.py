@@ -17,7 +17,7 @@ from safetensors import safe_open
 from test_data_shared import default_store
 from transformers import AutoTokenizer, BertForPreTraining, GPT2LMHeadModel
 
-from bertgpt_jax import hf, load_pretrained
+from bertgpt_jax import hf_files, load_pretrained
 from bertgpt_jax.checkpoint import Checkpointer, CheckpointError, restore_params
 from bertgpt_jax.cli import main
 from bertgpt_jax.config import load_config
@@ -88,7 +88,7 @@ def test_transformers_gives_our_logits(exported):
         "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
         "special_tokens_map.json", "tokenizer.model", "README.md",
     }  # fmt: skip
-    _, loaded = hf.load_hf(out)
+    _, loaded = hf_files.load_hf(out)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)  # the checkpoint's, exactly
     model = HF_CLASS[family].from_pretrained(out, attn_implementation="eager").eval()
     batch = _batch(family, model.config.vocab_size)

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from transformers import BertConfig, BertForPreTraining, GPT2Config, GPT2LMHeadModel
 
-from bertgpt_jax import hf, load_pretrained
+from bertgpt_jax import hf, hf_files, load_pretrained
 from bertgpt_jax.config import ConfigError, ModelConfig, load_config
 from bertgpt_jax.inference import PretrainedModel
 from bertgpt_jax.model import build_model
@@ -144,7 +144,7 @@ def test_hf_to_ours_logits_match(hf_saved):
 def test_ours_to_hf_logits_match(family, tmp_path):
     config = _tiny(family)
     params = _random_params(config, seed=2)
-    hf.save_hf(tmp_path, params, config)
+    hf_files.save_hf(tmp_path, params, config)
     model = HF_CLASSES[family][1].from_pretrained(tmp_path, attn_implementation="eager").eval()
     assert sum(p.numel() for p in model.parameters()) == sum(
         int(np.prod(s)) for s in hf.param_shapes(config).values()
@@ -177,8 +177,8 @@ def test_round_trip_is_exact(family, tmp_path):
     back = hf.hf_to_params(hf.params_to_hf(params, config), config)
     jax.tree.map(np.testing.assert_array_equal, back, params)
     assert hf.model_config_from_hf(hf.hf_config_from_model(config)) == config
-    hf.save_hf(tmp_path / "f32", params, config)
-    loaded_config, loaded = hf.load_hf(tmp_path / "f32")
+    hf_files.save_hf(tmp_path / "f32", params, config)
+    loaded_config, loaded = hf_files.load_hf(tmp_path / "f32")
     assert loaded_config == config
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     assert not [p.name for p in (tmp_path / "f32").iterdir() if p.name.startswith(".")]
@@ -187,11 +187,11 @@ def test_round_trip_is_exact(family, tmp_path):
 def test_bfloat16_export(tmp_path):
     config = _tiny("gpt")
     params = _random_params(config, seed=5)
-    hf.save_hf(tmp_path, params, config, dtype="bfloat16")
+    hf_files.save_hf(tmp_path, params, config, dtype="bfloat16")
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     with safe_open(tmp_path / "model.safetensors", "np") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 (safe_open is no dict) == {"BF16"}
-    _, loaded = hf.load_hf(tmp_path)
+    _, loaded = hf_files.load_hf(tmp_path)
     rounded = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
     jax.tree.map(
         lambda a, b: np.testing.assert_array_equal(a, b.astype(np.float32)), loaded, rounded
@@ -218,7 +218,7 @@ def test_legacy_names_load(hf_saved):
     """Older hub files: BERT LayerNorm gamma/beta, GPT-2 without "transformer." plus its mask
     buffers, and the tied decoder written out; all read to the same parameters."""
     family, path, _, _ = hf_saved
-    config, params = hf.load_hf(path)
+    config, params = hf_files.load_hf(path)
     state = hf.params_to_hf(params, config)
     if family == "bert":
         legacy = {k.replace("LayerNorm.weight", "LayerNorm.gamma"): v for k, v in state.items()}
@@ -237,8 +237,8 @@ def test_legacy_names_load(hf_saved):
 def test_sharded_checkpoint_loads(hf_saved, tmp_path):
     """A model.safetensors.index.json with two shards, as save_pretrained writes large models."""
     _, path, _, _ = hf_saved
-    config, params = hf.load_hf(path)
-    state = hf.read_safetensors(path)
+    config, params = hf_files.load_hf(path)
+    state = hf_files.read_safetensors(path)
     names = sorted(state)
     shards = {
         "model-00001-of-00002.safetensors": names[:5],
@@ -249,7 +249,7 @@ def test_sharded_checkpoint_loads(hf_saved, tmp_path):
     weight_map = {k: shard for shard, keys in shards.items() for k in keys}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (tmp_path / "config.json").write_text((path / "config.json").read_text())
-    sharded_config, sharded = hf.load_hf(tmp_path)
+    sharded_config, sharded = hf_files.load_hf(tmp_path)
     assert sharded_config == config
     jax.tree.map(np.testing.assert_array_equal, sharded, params)
 
@@ -310,11 +310,11 @@ def test_params_and_paths_errors(tmp_path):
     with pytest.raises(
         ConfigError, match=r"parameter core/layers/mlp/wi/bias has shape \(2, 256\) but \(2, 128\)"
     ):
-        hf.save_hf(tmp_path / "x", params, wider)
+        hf_files.save_hf(tmp_path / "x", params, wider)
     with pytest.raises(ConfigError, match="no HF GPT2LMHeadModel equivalent"):
         hf.hf_config_from_model(dataclasses.replace(config, type_vocab_size=2))
     with pytest.raises(ConfigError, match="dtype 'float16'"):
-        hf.save_hf(tmp_path / "x", params, config, dtype="float16")
+        hf_files.save_hf(tmp_path / "x", params, config, dtype="float16")
     with pytest.raises(ConfigError, match="holds no model"):
         load_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(hf.hf_config_from_model(config)))
