@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
-import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -32,9 +31,11 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from bertgpt_jax import fs
 from bertgpt_jax.config import Config, ConfigError, ModelConfig, config_from_dict, config_to_dict
 from bertgpt_jax.train_step import Trainer, TrainState
 
@@ -157,7 +158,7 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
-def _manager(directory: Path, config: Config | None) -> ocp.CheckpointManager:
+def _manager(directory: epath.Path, config: Config | None) -> ocp.CheckpointManager:
     """A manager that saves per `config.checkpoint`, or (config None) a read-only one."""
     if config is None:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
@@ -171,7 +172,7 @@ def _manager(directory: Path, config: Config | None) -> ocp.CheckpointManager:
             cleanup_tmp_directories=True,
         )
     handlers = {"state": _state_handler(), "metadata": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def _read_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
 
-def _warn_unreadable(directory: Path, step: int, err: BaseException) -> None:
+def _warn_unreadable(directory: epath.Path, step: int, err: BaseException) -> None:
     warnings.warn(
         f"checkpoint step {step} in {directory} cannot be read ({_short(err)}); "
         "falling back to the previous checkpoint.",
@@ -195,7 +196,7 @@ def _warn_unreadable(directory: Path, step: int, err: BaseException) -> None:
     )
 
 
-def _candidates(directory: Path, steps: list[int], step: int | None) -> list[int]:
+def _candidates(directory: epath.Path, steps: list[int], step: int | None) -> list[int]:
     if step is None:
         return steps
     if step not in steps:
@@ -213,8 +214,9 @@ class Checkpointer:
     def __init__(
         self, workdir: str | Path, config: Config, trainer: Trainer, read_only: bool = False
     ):
-        """`read_only` (e.g. for `bertgpt eval`): restore only; nothing is saved or moved."""
-        self.workdir = Path(workdir).absolute()
+        """`read_only` (e.g. for `bertgpt eval`): restore only; nothing is saved or moved.
+        `workdir` may be local or a gs:// URL."""
+        self.workdir = fs.as_path(workdir)
         if read_only and not (self.workdir / CHECKPOINTS).is_dir():
             raise CheckpointError(f"{workdir} has no checkpoints/; run `bertgpt train` first.")
         self.read_only = read_only
@@ -329,7 +331,7 @@ class Checkpointer:
             target = self.workdir / SET_ASIDE / time.strftime("%Y%m%d-%H%M%S")
             target.mkdir(parents=True, exist_ok=True)
             for s in steps:
-                shutil.move(str(self.directory / str(s)), str(target / str(s)))
+                fs.move_tree(self.directory / str(s), target / str(s))
             print(f"Set aside checkpoint steps {sorted(steps)} ({reason}) in {target}", flush=True)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("bertgpt_checkpoint_set_aside")
@@ -364,11 +366,11 @@ def _read_params(manager: ocp.CheckpointManager, step: int) -> tuple[Config, Any
 
 
 def restore_params(
-    workdir: str | Path, step: int | None = None
+    where: str | Path, step: int | None = None
 ) -> tuple[Config, int, dict[str, Any], dict[str, Any]]:
     """(config, step, float32 numpy params, metadata) of a workdir's checkpoint, reading only the
     parameters: the optimizer state is never loaded. For export and inference; one process."""
-    workdir = Path(workdir)
+    workdir = fs.as_path(where)
     directory = workdir / CHECKPOINTS
     if not workdir.is_dir():
         raise CheckpointError(f"workdir {workdir} does not exist; pass the --workdir of a run.")
@@ -397,7 +399,7 @@ def restore_params(
 
 def is_workdir(path: str | Path) -> bool:
     """A training workdir has a checkpoints/ directory (HF directories have config.json)."""
-    return (Path(path) / CHECKPOINTS).is_dir()
+    return (fs.as_path(path) / CHECKPOINTS).is_dir()
 
 
 def load_workdir(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:

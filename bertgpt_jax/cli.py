@@ -10,9 +10,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from bertgpt_jax import aot, export
+from bertgpt_jax import aot, export, fs
 from bertgpt_jax.config import Config, ConfigError, load_config
 from bertgpt_jax.data import cli as data_cli
 
@@ -54,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    workdir = Path(args.workdir)
+    workdir = fs.as_path(args.workdir)
     if args.config is None:
         args.config = str(workdir / "config.yaml")
     config = _start(args)

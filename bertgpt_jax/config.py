@@ -265,13 +265,15 @@ def config_from_dict(data: dict, overrides: typing.Sequence[str] = ()) -> Config
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Reads a YAML config file and applies `section.key=value` overrides."""
-    path = Path(path)
-    if not path.is_file():
+    from bertgpt_jax import fs  # a workdir's config.yaml may be on gs://
+
+    file = fs.as_path(path)
+    if not file.is_file():
         raise ConfigError(
             f"config file {str(path)!r} does not exist; pass a YAML file from configs/."
         )
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(file.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}.") from err
     return config_from_dict(data, overrides)

@@ -24,20 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from etils import epath
 
-from bertgpt_jax import hf_files
+from bertgpt_jax import fs, hf_files
 from bertgpt_jax.checkpoint import TOKENIZER_FILE, CheckpointError, restore_params
 from bertgpt_jax.config import Config, config_to_dict
 from bertgpt_jax.hf_tokenizer import hf_special_ids, write_hf_tokenizer
 
 
-def find_tokenizer(workdir: Path, config: Config, meta: Mapping[str, Any]) -> Path:
+def find_tokenizer(workdir: epath.Path, config: Config, meta: Mapping[str, Any]) -> epath.Path:
     """The run's SentencePiece model: the workdir's copy, else the store's; checked against the
     identity recorded in the checkpoint."""
     want = (meta.get("tokenizer") or {}).get("model_sha256")
     places = [workdir / TOKENIZER_FILE]
     if config.data.path:
-        places.append(Path(config.data.path) / TOKENIZER_FILE)
+        places.append(epath.Path(config.data.path) / TOKENIZER_FILE)
     for path in places:
         if path.is_file() and (
             want is None or hashlib.sha256(path.read_bytes()).hexdigest() == want
@@ -117,7 +118,7 @@ def export(
     workdir: str | Path, output: str | Path, step: int | None = None, dtype: str = "float32"
 ) -> Path:
     """Writes the HF directory for a workdir's checkpoint (the newest, or `step`); returns it."""
-    workdir, output = Path(workdir), Path(output)
+    workdir, output = fs.as_path(workdir), Path(output)
     if output.exists() and not (output.is_dir() and not any(output.iterdir())):
         raise CheckpointError(
             f"output {output} already exists and is not empty; choose another --output."
@@ -132,7 +133,10 @@ def export(
         tmp.mkdir()
         specials = hf_special_ids(config.model.family)
         hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
-        write_hf_tokenizer(tmp, sp_model, config.model.family, config.model.max_len)
+        local_sp = tmp / f".source-{TOKENIZER_FILE}"  # the workdir may be on gs://
+        local_sp.write_bytes(sp_model.read_bytes())
+        write_hf_tokenizer(tmp, local_sp, config.model.family, config.model.max_len)
+        local_sp.unlink()
         (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
         _install(tmp, output)
     finally:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bertgpt_jax import hf, hf_files
+from bertgpt_jax import fs, hf, hf_files
 from bertgpt_jax.config import ConfigError, ModelConfig
 from bertgpt_jax.model import Bert, build_model
 
@@ -136,7 +136,8 @@ def load_pretrained(
     `dtype` ("float32" or "bfloat16") overrides the matmul compute dtype; parameters, softmax,
     LayerNorm and the returned logits stay float32.
     """
-    path = Path(path)
+    # A remote path can be a training workdir (gs://...); HF directories are read locally.
+    path = fs.as_path(path) if fs.is_remote(path) else Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; pass a HuggingFace model directory.")
     for holds, read in _LOADERS:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 
+from bertgpt_jax import fs
 from bertgpt_jax.config import Config
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
@@ -63,7 +64,7 @@ class MetricsWriter:
     """Writes one JSON object per logged step (floats as Python floats, written exactly) and
     TensorBoard scalars; shows a progress bar. Only process 0 writes."""
 
-    def __init__(self, workdir: Path, total_steps: int, start_step: int, enabled: bool):
+    def __init__(self, workdir: epath.Path, total_steps: int, start_step: int, enabled: bool):
         self.enabled = enabled
         self._bar: Any = None
         self._tb: Any = None
@@ -72,9 +73,11 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
-        workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
-        self._tb = SummaryWriter(str(workdir / "tb"))
+        # A remote workdir gets these files from a local mirror (object stores cannot append).
+        self._mirror = fs.Mirror(workdir)
+        self._mirror.fetch("metrics.jsonl")
+        self._jsonl = (self._mirror.local / "metrics.jsonl").open("a")
+        self._tb = SummaryWriter(str(self._mirror.local / "tb"))
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
@@ -83,6 +86,7 @@ class MetricsWriter:
         row = {"step": step, **{f"{prefix}{k}": float(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
+        self._mirror.sync()
         for key, value in row.items():
             if key != "step" and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
@@ -100,9 +104,16 @@ class MetricsWriter:
         if self._bar is not None:
             self._bar.update(steps)
 
+    def sync(self, force: bool = False) -> None:
+        """Uploads the files of a remote workdir (every 30 s, or now with `force`)."""
+        if self.enabled:
+            self._tb.flush()
+            self._mirror.sync(force)
+
     def close(self) -> None:
         if not self.enabled:
             return
         self._bar.close()
         self._tb.close()
         self._jsonl.close()
+        self._mirror.close()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
+from bertgpt_jax import fs
 from bertgpt_jax.checkpoint import (
     TOKENIZER_FILE,
     Checkpointer,
@@ -107,7 +107,7 @@ class _Timer:
         return out
 
 
-def _profile(config: Config, step: int, workdir: Path) -> None:
+def _profile(config: Config, step: int, workdir: epath.Path) -> None:
     t = config.train
     if t.profile_steps <= 0 or t.profile_start < 0:
         return
@@ -118,10 +118,11 @@ def _profile(config: Config, step: int, workdir: Path) -> None:
 
 
 def train_and_evaluate(
-    config: Config, workdir: str | Path, fresh: bool = False, restore_step: int | None = None
+    config: Config, where: str | Path, fresh: bool = False, restore_step: int | None = None
 ) -> dict[str, float]:
-    """Runs (or resumes) training to `train.steps`; returns the last logged metrics."""
-    workdir = Path(workdir)
+    """Runs (or resumes) training to `train.steps` in the workdir `where` (a local path or a
+    gs:// URL, see fs.py); returns the last logged metrics."""
+    workdir = fs.as_path(where)
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ def train_and_evaluate(
             state = _initial_state(config, trainer, checkpointer.tokenizer)
         start = int(jax.device_get(state.step))
         if primary:
-            (workdir / "config.yaml").write_text(dump_config(config))
+            fs.write_text(workdir / "config.yaml", dump_config(config))
             _trim_metrics(workdir / "metrics.jsonl", start)
             _copy_tokenizer(config, workdir)
         writer = MetricsWriter(workdir, config.train.steps, start, enabled=primary)
@@ -197,7 +198,7 @@ def state_from_hf(trainer: Trainer, path: str | Path, tokenizer: dict | None) ->
     return init(sharded, jax.random.key(trainer.config.train.seed))
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
+def _trim_metrics(path: epath.Path, last_step: int) -> None:
     """Keeps only rows up to `last_step` (and drops a line cut short by a kill)."""
     if not path.exists():
         return
@@ -209,26 +210,22 @@ def _trim_metrics(path: Path, last_step: int) -> None:
             continue
         if isinstance(row, dict) and row.get("step", 0) <= last_step:
             kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    fs.write_text(path, "".join(kept))
 
 
-def _copy_tokenizer(config: Config, workdir: Path) -> None:
+def _copy_tokenizer(config: Config, workdir: epath.Path) -> None:
     """Keeps the store's tokenizer.model in the workdir, for `bertgpt export`."""
     source = Path(config.data.path) / TOKENIZER_FILE
     target = workdir / TOKENIZER_FILE
     if not config.data.path or not source.is_file():
         return
     if not target.is_file() or target.read_bytes() != source.read_bytes():
-        tmp = target.with_name(f".{TOKENIZER_FILE}.tmp-{os.getpid()}")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        fs.copy_file(source, target)
 
 
 def _loop(
     config: Config,
-    workdir: Path,
+    workdir: epath.Path,
     trainer: Trainer,
     checkpointer: Checkpointer,
     state: TrainState,
@@ -271,6 +268,7 @@ def _loop(
         if must_save:
             saved = {**last, **{f"eval_{k}": v for k, v in last_eval.items()}}
             checkpointer.save(step, state, saved, force=step == t.steps or stop)
+            writer.sync(force=True)  # a remote workdir's metrics reach it with each checkpoint
         if stop:
             checkpointer.wait()
             if jax.process_index() == 0:

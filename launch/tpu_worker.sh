@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on every worker of a TPU VM slice, copied to ~/bertgpt/ by `python -m launch.tpu setup`.
 #
-#   setup WHEEL [PYTHON]   install WHEEL[tpu] into ~/bertgpt/venv (PYTHON: e.g. 3.11, via uv)
+#   setup WHEEL [PYTHON]   install WHEEL[tpu,gcs] into ~/bertgpt/venv (PYTHON: e.g. 3.11, via uv)
 #   mount BUCKET           mount gs://BUCKET at /gcs/BUCKET with Cloud Storage FUSE (installed
 #                          from Google's apt repository if missing)
 #   versions               one line: this host and a hash of every installed version
@@ -26,7 +26,7 @@ case "$command" in
     python3 -m pip install --user --quiet --upgrade uv
     "$HOME/.local/bin/uv" venv --quiet --allow-existing --python "$python" "$VENV"
     "$HOME/.local/bin/uv" pip install --quiet --python "$VENV/bin/python" \
-      "bertgpt-jax[tpu] @ file://$(realpath "$wheel")"
+      "bertgpt-jax[tpu,gcs] @ file://$(realpath "$wheel")"
     ;;
   mount)
     bucket="${1:?mount needs a bucket name}"

@@ -1,0 +1,144 @@
+"""Workdir paths that may be local or in object storage (gs://, s3://).
+
+Everything the trainer keeps in a workdir (config.yaml, checkpoints, metrics.jsonl, TensorBoard
+events, tokenizer.model) goes through `etils.epath.Path`, the path type Orbax itself uses, so a
+run on a TPU pod can keep its workdir in a GCS bucket that every host sees. Remote paths need an
+fsspec backend for the scheme (gcsfs for gs://: `pip install 'bertgpt-jax[gcs]'`); Orbax writes
+the arrays through TensorStore's own GCS driver.
+
+Object stores have no rename and no append: an object appears whole when its upload finishes.
+`write_text`/`copy_file` therefore write straight to the object there, and through a temporary
+file plus `os.replace` on a local disk; files that grow (metrics.jsonl, event files) are written
+locally and mirrored (`Mirror`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from etils import epath
+
+REMOTE_SCHEMES = ("gs", "s3")
+_BACKEND_HINT = {"gs": "gcsfs", "s3": "s3fs"}
+
+
+class FsError(ValueError):
+    """A path whose storage cannot be used here; the message names the fix."""
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return os.fspath(path).startswith(tuple(f"{s}://" for s in REMOTE_SCHEMES))
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an epath.Path: remote URLs as they are (after checking that this Python can
+    reach them), local paths made absolute."""
+    text = os.fspath(path)
+    if is_remote(text):
+        _check_backend(text.split("://", 1)[0], text)
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(text))
+
+
+def _check_backend(scheme: str, text: str) -> None:
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as err:
+        raise FsError(
+            f"{text}: reading and writing {scheme}:// needs the {_BACKEND_HINT[scheme]} package; "
+            "install it with pip install 'bertgpt-jax[gcs]' (or use a local or mounted path)."
+        ) from err
+
+
+def write_text(path: epath.Path, text: str) -> None:
+    """Writes `text` so that a reader sees the old file or the new one, never a part."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: epath.Path, data: bytes) -> None:
+    if is_remote(path):
+        path.write_bytes(data)
+        return
+    tmp = Path(os.fspath(path)).with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, os.fspath(path))
+
+
+def copy_file(source: str | os.PathLike, target: epath.Path) -> None:
+    write_bytes(target, epath.Path(source).read_bytes())
+
+
+def move_tree(source: epath.Path, target: epath.Path) -> None:
+    """Moves a directory. Object stores have neither renames nor empty directories: every object
+    is copied (server-side), then the source is deleted."""
+    if not is_remote(source):
+        shutil.move(os.fspath(source), os.fspath(target))
+        return
+
+    def copy(src: epath.Path, dst: epath.Path) -> None:
+        for child in src.iterdir():
+            if child.is_dir():
+                copy(child, dst / child.name)
+            else:
+                dst.mkdir(parents=True, exist_ok=True)
+                child.copy(dst / child.name)
+
+    copy(source, target)
+    source.rmtree()
+
+
+class Mirror:
+    """Files that grow (metrics.jsonl, TensorBoard events) are written to `local` and, for a
+    remote workdir, uploaded whole to `remote` at most every `every_s` seconds and on `sync
+    (force=True)`; a kill loses at most that window. For a local workdir `local` is the
+    workdir itself and nothing is copied."""
+
+    def __init__(self, remote: epath.Path, every_s: float = 30.0):
+        self.remote = remote
+        self.every_s = every_s
+        self._last = time.monotonic()
+        self._sent: dict[str, tuple[int, int]] = {}
+        if is_remote(remote):
+            self.local = Path(tempfile.mkdtemp(prefix="bertgpt-workdir-"))
+        else:
+            self.local = Path(os.fspath(remote))
+            self.local.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def active(self) -> bool:
+        return self.local != Path(os.fspath(self.remote))
+
+    def fetch(self, name: str) -> None:
+        """Copies `remote/name` (if it exists) to the local side, before appending to it."""
+        if self.active and (self.remote / name).exists():
+            (self.local / name).write_bytes((self.remote / name).read_bytes())
+            self._sent[name] = self._signature(self.local / name)
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int]:
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def sync(self, force: bool = False) -> None:
+        if not self.active or (not force and time.monotonic() - self._last < self.every_s):
+            return
+        self._last = time.monotonic()
+        for file in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            name = file.relative_to(self.local).as_posix()
+            signature = self._signature(file)
+            if self._sent.get(name) != signature:
+                target = self.remote / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(file.read_bytes())
+                self._sent[name] = signature
+
+    def close(self) -> None:
+        self.sync(force=True)
+        if self.active:
+            shutil.rmtree(self.local, ignore_errors=True)
