@@ -1,4 +1,4 @@
-"""A workdir on gs://: training, resume, `bertgpt eval`'s restore and export run with the workdir
+"""A workdir on gs://: training, resume, export and load_pretrained run with the workdir
 given as a gs:// URL, against a stand-in bucket, and give bitwise the results of a local workdir.
 
 The stand-in: an fsspec filesystem registered for gs:// that keeps objects under a local
@@ -24,7 +24,7 @@ from orbax.checkpoint._src.serialization import tensorstore_utils
 from safetensors.numpy import load_file
 from test_data_shared import default_store
 
-from bertgpt_jax import fs
+from bertgpt_jax import fs, load_pretrained
 from bertgpt_jax.config import load_config
 from bertgpt_jax.export import export
 from bertgpt_jax.train import train_and_evaluate
@@ -117,6 +117,13 @@ def test_gs_workdir_trains_resumes_and_exports_like_a_local_one(bucket, tmp_path
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     assert (out_remote / "tokenizer.json").read_text() == (out_local / "tokenizer.json").read_text()
+
+    ids = np.arange(2, 18, dtype=np.int32).reshape(2, 8)
+    from_bucket, from_disk = load_pretrained("gs://bkt/run"), load_pretrained(local)
+    got, want = from_bucket(ids), from_disk(ids)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
 
 
 def test_remote_scheme_without_backend_names_the_package():
