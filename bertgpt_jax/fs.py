@@ -22,12 +22,15 @@ from pathlib import Path
 
 from etils import epath
 
+from bertgpt_jax.config import ConfigError
+
 REMOTE_SCHEMES = ("gs", "s3")
-_BACKEND_HINT = {"gs": "gcsfs", "s3": "s3fs"}
+_BACKEND_HINT = {"gs": ("gcsfs", "'bertgpt-jax[gcs]'"), "s3": ("s3fs", "s3fs")}
 
 
-class FsError(ValueError):
-    """A path whose storage cannot be used here; the message names the fix."""
+class FsError(ConfigError):
+    """A path whose storage cannot be used here; the message names the fix (the CLI prints it
+    and exits 2, like every ConfigError)."""
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -50,9 +53,10 @@ def _check_backend(scheme: str, text: str) -> None:
     try:
         fsspec.get_filesystem_class(scheme)
     except (ImportError, ValueError) as err:
+        package, install = _BACKEND_HINT[scheme]
         raise FsError(
-            f"{text}: reading and writing {scheme}:// needs the {_BACKEND_HINT[scheme]} package; "
-            "install it with pip install 'bertgpt-jax[gcs]' (or use a local or mounted path)."
+            f"{text}: reading and writing {scheme}:// needs the {package} package; install it "
+            f"with pip install {install} (or use a local or mounted path)."
         ) from err
 
 

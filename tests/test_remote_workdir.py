@@ -24,7 +24,7 @@ from orbax.checkpoint._src.serialization import tensorstore_utils
 from safetensors.numpy import load_file
 from test_data_shared import default_store
 
-from bertgpt_jax import fs, load_pretrained
+from bertgpt_jax import cli, fs, load_pretrained
 from bertgpt_jax.config import load_config
 from bertgpt_jax.export import export
 from bertgpt_jax.train import train_and_evaluate
@@ -126,9 +126,12 @@ def test_gs_workdir_trains_resumes_and_exports_like_a_local_one(bucket, tmp_path
         np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
 
 
-def test_remote_scheme_without_backend_names_the_package():
+def test_remote_scheme_without_backend_names_the_package(capsys):
     with pytest.raises(fs.FsError, match=r"s3fs.*pip install"):
         fs.as_path("s3://bucket/run")
+    command = ["train", "--config", str(ROOT / "configs/bert_tiny.yaml"), "--workdir", "s3://b/r"]
+    assert cli.main(command) == 2
+    assert "needs the s3fs package" in capsys.readouterr().err
 
 
 def test_move_tree_on_the_bucket(bucket):
