@@ -133,10 +133,9 @@ def export(
         tmp.mkdir()
         specials = hf_special_ids(config.model.family)
         hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
-        local_sp = tmp / f".source-{TOKENIZER_FILE}"  # the workdir may be on gs://
+        local_sp = tmp / TOKENIZER_FILE  # copied first: the workdir may be on gs://
         local_sp.write_bytes(sp_model.read_bytes())
         write_hf_tokenizer(tmp, local_sp, config.model.family, config.model.max_len)
-        local_sp.unlink()
         (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
         _install(tmp, output)
     finally:

@@ -108,15 +108,12 @@ class Mirror:
         self.every_s = every_s
         self._last = time.monotonic()
         self._sent: dict[str, tuple[int, int]] = {}
-        if is_remote(remote):
+        self.active = is_remote(remote)  # else `local` is the workdir itself
+        if self.active:
             self.local = Path(tempfile.mkdtemp(prefix="bertgpt-workdir-"))
         else:
             self.local = Path(os.fspath(remote))
             self.local.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def active(self) -> bool:
-        return self.local != Path(os.fspath(self.remote))
 
     def fetch(self, name: str) -> None:
         """Copies `remote/name` (if it exists) to the local side, before appending to it."""

@@ -168,7 +168,8 @@ def _config(family: str, max_len: int) -> dict[str, Any]:
 
 
 def write_hf_tokenizer(out_dir: Path, sp_model: Path, family: str, max_len: int) -> None:
-    """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model."""
+    """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json, tokenizer.model
+    (`sp_model` may already be that last file)."""
     tok = build_tokenizer(sp_model, family)
     sp = spm.SentencePieceProcessor(model_file=str(sp_model))
     check_same_ids(tok, sp, SAMPLE.splitlines() + [SAMPLE])
@@ -177,4 +178,5 @@ def write_hf_tokenizer(out_dir: Path, sp_model: Path, family: str, max_len: int)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     special = {k: v for k, v in config.items() if k.endswith("_token")}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    shutil.copyfile(sp_model, out_dir / MODEL_FILE)
+    if Path(sp_model).resolve() != (out_dir / MODEL_FILE).resolve():
+        shutil.copyfile(sp_model, out_dir / MODEL_FILE)
