@@ -8,7 +8,10 @@ see `checkpoint.restore_params`), the tokenizer as `tokenizer.json` + `tokenizer
 with the training config and final metrics. `transformers.AutoTokenizer.from_pretrained(OUT)`
 then gives our SentencePiece ids, and `BertForPreTraining` / `GPT2LMHeadModel.from_pretrained`
 our logits. Everything is written into a hidden sibling directory that is renamed onto OUT at the
-end, so a failed export leaves nothing behind.
+end, so a failed export leaves nothing behind. OUT may be a gs:// URL: the export is then written
+to a local temporary directory and uploaded file by file, config.json last (an object store has
+no rename; a directory without config.json is not an HF model), and a failed upload deletes what
+it sent.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,33 +118,88 @@ def _install(tmp: Path, output: Path) -> None:
     os.replace(tmp, output)
 
 
-def export(
-    workdir: str | Path, output: str | Path, step: int | None = None, dtype: str = "float32"
-) -> Path:
-    """Writes the HF directory for a workdir's checkpoint (the newest, or `step`); returns it."""
-    workdir, output = fs.as_path(workdir), Path(output)
-    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+def _upload(tmp: Path, output: epath.Path) -> None:
+    """Uploads the finished export to an object store, config.json last; on failure deletes what
+    it sent."""
+    files = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
+    files.sort(key=lambda name: name == Path("config.json"))  # stable: the rest stay sorted
+    sent: list[epath.Path] = []
+    try:
+        for name in files:
+            target = output / name.as_posix()
+            fs.copy_file(tmp / name, target)
+            sent.append(target)
+    except BaseException:
+        for target in sent:
+            target.unlink(missing_ok=True)
+        raise
+
+
+def _output_path(output: str | os.PathLike) -> epath.Path:
+    """--output as a path: a gs:// URL as it is, anything else local; refuses a non-empty one."""
+    if fs.is_remote(output):
+        path = fs.as_path(output)
+    else:
+        path = fs.as_path(fs.require_local(output, "export --output"))
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise CheckpointError(
-            f"output {output} already exists and is not empty; choose another --output."
+            f"output {path} already exists and is not empty; choose another --output."
         )
+    return path
+
+
+def _staging_dir(local: Path | None) -> Path:
+    """Where the export is built: a hidden sibling of a local output (renamed onto it at the
+    end), else a temporary directory (uploaded from there)."""
+    if local is None:
+        return Path(tempfile.mkdtemp(prefix="bertgpt-export-"))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.parent / f".{local.name}.export-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def _write_export(
+    tmp: Path,
+    config: Config,
+    step: int,
+    params: Any,
+    meta: Mapping[str, Any],
+    sp_model: epath.Path,
+    dtype: str,
+) -> None:
+    specials = hf_special_ids(config.model.family)
+    hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
+    local_sp = tmp / TOKENIZER_FILE  # copied first: the workdir may be on gs://
+    local_sp.write_bytes(sp_model.read_bytes())
+    write_hf_tokenizer(tmp, local_sp, config.model.family, config.model.max_len)
+    (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
+
+
+def export(
+    workdir: str | Path,
+    output: str | Path,
+    step: int | None = None,
+    dtype: str = "float32",
+) -> Path | epath.Path:
+    """Writes the HF directory for a workdir's checkpoint (the newest, or `step`) to `output`, a
+    local path or a gs:// URL; returns it (a pathlib.Path when local)."""
+    workdir, target = fs.as_path(workdir), _output_path(output)
     if dtype not in ("float32", "bfloat16"):
         raise CheckpointError(f"--dtype {dtype!r} is not valid; use float32 or bfloat16.")
     config, step, params, meta = restore_params(workdir, step)
     sp_model = find_tokenizer(workdir, config, meta)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.export-{uuid.uuid4().hex[:8]}"
+    local = None if fs.is_remote(target) else Path(os.fspath(target))
+    tmp = _staging_dir(local)
     try:
-        tmp.mkdir()
-        specials = hf_special_ids(config.model.family)
-        hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
-        local_sp = tmp / TOKENIZER_FILE  # copied first: the workdir may be on gs://
-        local_sp.write_bytes(sp_model.read_bytes())
-        write_hf_tokenizer(tmp, local_sp, config.model.family, config.model.max_len)
-        (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
-        _install(tmp, output)
+        _write_export(tmp, config, step, params, meta, sp_model, dtype)
+        if local is None:
+            _upload(tmp, target)
+        else:
+            _install(tmp, local)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return output
+    return target if local is None else local
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -155,6 +214,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workdir", required=True, help="the --workdir of a `bertgpt train` run")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    p.add_argument("--output", required=True, help="new directory for the HF model")
+    p.add_argument("--output", required=True, help="new directory for the HF model, or gs://...")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.set_defaults(func=_run)

@@ -10,12 +10,20 @@ Object stores have no rename and no append: an object appears whole when its upl
 `write_text`/`copy_file` therefore write straight to the object there, and through a temporary
 file plus `os.replace` on a local disk; files that grow (metrics.jsonl, event files) are written
 locally and mirrored (`Mirror`).
+
+Paths that are read as files by other libraries (a prepared store is memory-mapped, tokenizers
+and HF directories are opened by SentencePiece and safetensors) must be local: `require_local`
+turns a URL there into one sentence naming the fix, instead of the folder "gs:" that
+`pathlib.Path("gs://b/x")` would silently create.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +34,8 @@ from bertgpt_jax.config import ConfigError
 
 REMOTE_SCHEMES = ("gs", "s3")
 _BACKEND_HINT = {"gs": ("gcsfs", "'bertgpt-jax[gcs]'"), "s3": ("s3fs", "s3fs")}
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_log = logging.getLogger(__name__)
 
 
 class FsError(ConfigError):
@@ -44,7 +54,35 @@ def as_path(path: str | os.PathLike) -> epath.Path:
     if is_remote(text):
         _check_backend(text.split("://", 1)[0], text)
         return epath.Path(text)
+    if _URL.match(text):  # e.g. gcs://: abspath would make it a local folder named "gcs:"
+        schemes = " or ".join(f"{s}://" for s in REMOTE_SCHEMES)
+        raise FsError(f"{text}: the URLs understood here are {schemes}; use one, or a local path.")
     return epath.Path(os.path.abspath(text))
+
+
+def require_local(path: str | os.PathLike, what: str, fix: str | None = None) -> Path:
+    """`path` as a local Path; a URL (gs://, s3://, ...) raises FsError naming `what` and `fix`
+    (by default: a local path or the bucket's Cloud Storage FUSE mount)."""
+    text = os.fspath(path)
+    if not _URL.match(text):
+        return Path(text)
+    raise FsError(
+        f"{what} {text} must be a path on a file system, not a URL; "
+        f"{fix or mount_fix(text, 'use a local path')}."
+    )
+
+
+def mount_fix(url: str, first: str) -> str:
+    """`first`, plus where a bucket URL appears as files: gs://b/x is /gcs/b/x under the Cloud
+    Storage FUSE mount of `python -m launch.tpu setup --mount-bucket b`."""
+    if url.startswith("gs://"):
+        bucket = url.removeprefix("gs://").split("/", 1)[0]
+        mount = f"/gcs/{url.removeprefix('gs://')} after `gcsfuse {bucket} /gcs/{bucket}`"
+    elif url.startswith("s3://"):
+        mount = "through s3fs-fuse or rclone mount"
+    else:
+        return first
+    return f"{first} or the bucket mounted as a file system (e.g. {mount})"
 
 
 def _check_backend(scheme: str, text: str) -> None:
@@ -108,6 +146,7 @@ class Mirror:
         self.every_s = every_s
         self._last = time.monotonic()
         self._sent: dict[str, tuple[int, int]] = {}
+        self.failure: OSError | None = None  # of the last sync, None when it succeeded
         self.active = is_remote(remote)  # else `local` is the workdir itself
         if self.active:
             self.local = Path(tempfile.mkdtemp(prefix="bertgpt-workdir-"))
@@ -127,9 +166,27 @@ class Mirror:
         return stat.st_size, stat.st_mtime_ns
 
     def sync(self, force: bool = False) -> None:
+        """Uploads the files changed since their last upload. A failed upload (an OSError:
+        network, permission, quota) is logged and retried at the next sync, so that a bucket
+        hiccup does not stop training; `close` reports one that is still failing."""
         if not self.active or (not force and time.monotonic() - self._last < self.every_s):
             return
         self._last = time.monotonic()
+        try:
+            self._upload()
+        except OSError as err:
+            self.failure = err
+            _log.warning(
+                "could not upload %s to %s (%s: %s); retrying at the next sync",
+                self.local,
+                self.remote,
+                type(err).__name__,
+                err,
+            )
+        else:
+            self.failure = None
+
+    def _upload(self) -> None:
         for file in sorted(p for p in self.local.rglob("*") if p.is_file()):
             name = file.relative_to(self.local).as_posix()
             signature = self._signature(file)
@@ -140,6 +197,21 @@ class Mirror:
                 self._sent[name] = signature
 
     def close(self) -> None:
+        """The last upload. If it fails, the local copy is kept and FsError names it, unless an
+        exception is already propagating (close in a `finally`): then the failure is logged, so
+        that it does not hide that exception."""
         self.sync(force=True)
-        if self.active:
+        if not self.active:
+            return
+        if self.failure is None:
             shutil.rmtree(self.local, ignore_errors=True)
+            return
+        message = (
+            f"the last upload of {self.local} to {self.remote} failed ({self.failure}); the "
+            f"files are kept there, copy them with `gcloud storage cp -r {self.local}/* "
+            f"{self.remote}/`"
+        )
+        if sys.exc_info()[1] is not None:
+            _log.error("%s.", message)
+            return
+        raise FsError(f"{message}.") from self.failure

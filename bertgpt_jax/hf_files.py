@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from bertgpt_jax import fs
 from bertgpt_jax.config import ConfigError, ModelConfig
 from bertgpt_jax.hf import (
     Params,
@@ -27,14 +28,24 @@ from bertgpt_jax.hf import (
 _DTYPES: dict[str, Any] = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
+def local_dir(path: str | os.PathLike, what: str = "HuggingFace model directory") -> Path:
+    """`path`, an HF directory to read, as a local Path: safetensors reads local files only, so a
+    bucket URL raises FsError naming the fix."""
+    text = os.fspath(path)
+    copy = f" (gcloud storage cp -r {text} .)" if text.startswith("gs://") else ""
+    return fs.require_local(path, what, fs.mount_fix(text, f"copy it to a local disk{copy}"))
+
+
 def is_hf_dir(path: str | Path) -> bool:
-    """A HuggingFace model directory has a config.json (our workdirs have config.yaml)."""
-    return (Path(path) / "config.json").is_file()
+    """A HuggingFace model directory has a config.json (our workdirs have config.yaml); one in a
+    bucket is recognised here, and refused with the fix by `load_hf`."""
+    where = fs.as_path(path) if fs.is_remote(path) else Path(path)
+    return (where / "config.json").is_file()
 
 
 def read_safetensors(path: str | Path) -> StateDict:
     """The tensors of an HF directory: model.safetensors, or the shards its index names."""
-    path = Path(path)
+    path = local_dir(path)
     if (path / "model.safetensors").is_file():
         return load_file(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
@@ -57,7 +68,7 @@ def read_safetensors(path: str | Path) -> StateDict:
 
 def load_hf(path: str | Path) -> tuple[ModelConfig, Params]:
     """Reads an HF directory (config.json + safetensors) -> (ModelConfig, our params)."""
-    path = Path(path)
+    path = local_dir(path)
     if not is_hf_dir(path):
         raise ConfigError(f"{path} is not a HuggingFace model directory: it has no config.json.")
     try:
@@ -93,11 +104,13 @@ def save_hf(
 
     `extra_config` adds HF config keys we do not own (e.g. bos/eos/pad ids from the tokenizer).
     """
+    text = os.fspath(out_dir)
+    upload = f"write it locally, then gcloud storage cp -r DIR {text}"
+    out = fs.require_local(out_dir, "save_hf out_dir", fs.mount_fix(text, upload))
     if dtype not in _DTYPES:
         raise ConfigError(f"export dtype {dtype!r} is not supported; use one of {list(_DTYPES)}.")
     hf_config = {**hf_config_from_model(config), "dtype": dtype, **(extra_config or {})}
     state = {k: v.astype(_DTYPES[dtype]) for k, v in params_to_hf(params, config).items()}
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(
         out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"})

@@ -137,7 +137,7 @@ def load_pretrained(
     LayerNorm and the returned logits stay float32.
     """
     # A remote path can be a training workdir (gs://...); HF directories are read locally.
-    path = fs.as_path(path) if fs.is_remote(path) else Path(path)
+    path = fs.as_path(path) if fs.is_remote(path) else fs.require_local(path, "load_pretrained")
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; pass a HuggingFace model directory.")
     for holds, read in _LOADERS:

@@ -162,7 +162,7 @@ def state_from_hf(trainer: Trainer, path: str | Path, tokenizer: dict | None) ->
     for continued pretraining; refuses a model whose architecture differs from the config's."""
     from bertgpt_jax import hf_files
 
-    path = Path(path)
+    path = hf_files.local_dir(path, "checkpoint.init_from_hf")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint.init_from_hf={path} is not a directory.")
     hf_model, params = hf_files.load_hf(path)

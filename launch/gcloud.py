@@ -164,11 +164,22 @@ def versions_command(tpu: Tpu) -> list[str]:
     return tpu.ssh(f"bash {WORKER_SCRIPT} versions")
 
 
+def bucket_url(path: str) -> str:
+    """A /gcs/BUCKET/... path (the Cloud Storage FUSE mount of `setup --mount-bucket BUCKET`) as
+    gs://BUCKET/...; any other path as it is."""
+    return "gs://" + path.removeprefix("/gcs/") if path.startswith("/gcs/") else path
+
+
 def start_commands(
     tpu: Tpu, config: str, workdir: str, overrides: Sequence[str], env: dict[str, str], workers: int
 ) -> list[list[str]]:
-    """Copy the config to every worker, then start `bertgpt train` on all of them at once."""
-    if workers > 1 and not workdir.startswith(("gs://", "/gcs/")):
+    """Copy the config to every worker, then start `bertgpt train` on all of them at once.
+
+    A /gcs/BUCKET/... workdir is passed as gs://BUCKET/...: Orbax writes gs:// in place with a
+    commit file, but on any other path into a temporary directory that it renames at every save,
+    which the FUSE mount does object by object."""
+    workdir = bucket_url(workdir)
+    if workers > 1 and not workdir.startswith("gs://"):
         raise LaunchError(
             f"--workdir {workdir!r} must be shared by the {workers} workers of this slice: a "
             "/gcs/BUCKET/... path (setup --mount-bucket BUCKET) or gs://BUCKET/..."

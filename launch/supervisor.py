@@ -12,9 +12,11 @@ Every `poll` seconds it reads the slice's state and acts:
   (after a failure this counts towards --max-failures); some ended with an error while others
   still run (they would wait in a collective forever) -> kill all, count a failure, start again.
 
-Finished means `WORKDIR/checkpoints/STEPS/` exists, STEPS being train.steps of the config with
-its overrides: a run stopped by SIGTERM also exits 0, so an exit code alone cannot tell.
-A /gcs/BUCKET/... workdir (the FUSE mount of `setup --mount-bucket`) is checked as gs://BUCKET/...
+Finished means `WORKDIR/checkpoints/STEPS/commit_success.txt` exists, STEPS being train.steps
+of the config with its overrides: a run stopped by SIGTERM also exits 0, so an exit code alone
+cannot tell. The directory alone is not enough: on gs:// Orbax writes a step in place, so it exists
+from the first file on, and commit_success.txt is written last. A /gcs/BUCKET/... workdir (the
+FUSE mount of `setup --mount-bucket`) is checked, and trained in, as gs://BUCKET/...
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from launch.gcloud import (
     WORKER_SCRIPT,
     Accelerator,
     Tpu,
+    bucket_url,
     run_setup,
     start_commands,
     status_command,
 )
 from launch.runner import LaunchError, Runner
 
+# The last file of a committed Orbax step, with either of its atomicity modes (orbax-checkpoint
+# 0.12: orbax/checkpoint/_src/path/atomicity_types.py COMMIT_SUCCESS_FILE).
+COMMIT_FILE = "commit_success.txt"
 READY = {"READY", "ACTIVE"}
 WAITING = {
     "CREATING", "STARTING", "RESTARTING", "REPAIRING", "PROVISIONING", "ACCEPTED",
@@ -60,12 +66,11 @@ class Job:
     bucket: str | None = None
 
     def finished_command(self) -> list[str]:
-        path = f"{self.workdir.rstrip('/')}/checkpoints/{self.final_step}/"
-        if path.startswith("/gcs/"):  # the Cloud Storage FUSE mount of `setup --mount-bucket`
-            path = "gs://" + path.removeprefix("/gcs/")
+        workdir = bucket_url(self.workdir).rstrip("/")
+        path = f"{workdir}/checkpoints/{self.final_step}/{COMMIT_FILE}"
         if path.startswith("gs://"):
             return ["gcloud", "storage", "ls", path]
-        return self.tpu.ssh(f"test -d {shlex.quote(path)}", worker="0")
+        return self.tpu.ssh(f"test -f {shlex.quote(path)}", worker="0")
 
 
 def worker_states(output: str) -> list[str]:

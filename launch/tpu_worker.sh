@@ -39,7 +39,11 @@ case "$command" in
     fi
     sudo mkdir -p "/gcs/$bucket"
     sudo chown "$(id -u):$(id -g)" "/gcs/$bucket"
-    mountpoint -q "/gcs/$bucket" || gcsfuse --implicit-dirs "$bucket" "/gcs/$bucket"
+    # `prepare --output` (and `export --output`) under the mount finish by renaming a directory,
+    # which gcsfuse refuses on a flat bucket unless it holds fewer objects than
+    # --rename-dir-limit (default 0); a store or an export holds a handful.
+    mountpoint -q "/gcs/$bucket" ||
+      gcsfuse --implicit-dirs --rename-dir-limit=200000 "$bucket" "/gcs/$bucket"
     ;;
   versions)
     echo "$(hostname) $("$HOME/.local/bin/uv" pip freeze --python "$VENV/bin/python" | sha256sum | cut -c1-16)"

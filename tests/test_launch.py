@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from launch import gpu, local  # noqa: E402
-from launch.gcloud import Accelerator, Tpu  # noqa: E402
+from launch.gcloud import Accelerator, Tpu, start_commands  # noqa: E402
 from launch.runner import LaunchError, Runner  # noqa: E402
-from launch.supervisor import Job, Supervisor  # noqa: E402
+from launch.supervisor import COMMIT_FILE, Job, Supervisor  # noqa: E402
 
 
 def _launch(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -240,6 +240,53 @@ def test_supervisor_gives_up_after_max_failures():
     )
     with pytest.raises(LaunchError, match="failed 2 times"):
         Supervisor(runner, _job(), poll=0, max_failures=1, sleep=lambda s: None).run()
+
+
+def test_finished_means_the_last_step_is_committed():
+    from orbax.checkpoint._src.path.atomicity_types import COMMIT_SUCCESS_FILE
+
+    assert COMMIT_FILE == COMMIT_SUCCESS_FILE  # the file Orbax writes last into a committed step
+    gs = ["gcloud", "storage", "ls", "gs://b/r/checkpoints/100/commit_success.txt"]
+    assert _job().finished_command() == gs
+    fuse = _job()
+    fuse.workdir = "/gcs/b/r/"
+    assert fuse.finished_command() == gs
+    local = _job()
+    local.workdir = "/data/runs/x"
+    assert _remote(local.finished_command()) == [
+        "test", "-f", "/data/runs/x/checkpoints/100/commit_success.txt",
+    ]  # fmt: skip
+
+
+def test_a_fuse_workdir_is_trained_in_as_its_bucket_url():
+    tpu = Tpu("bert", "us-east5-a")
+    for workers in (1, 4):
+        _, start = start_commands(tpu, "c.yaml", "/gcs/bkt/runs/x", ["train.steps=9"], {}, workers)
+        words = _remote(start)
+        assert words[words.index("--workdir") + 1] == "gs://bkt/runs/x"
+    assert "/gcs/" not in " ".join(_remote(start))
+    with pytest.raises(LaunchError, match="shared"):
+        start_commands(tpu, "c.yaml", "/mnt/runs/x", [], {}, workers=4)
+
+
+def test_tpu_worker_script_mounts_with_a_rename_limit(tmp_path):
+    """`prepare --output /gcs/...` ends with a directory rename, which gcsfuse refuses without
+    --rename-dir-limit."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"sudo": "exit 0", "mountpoint": "exit 1",
+             "gcsfuse": f'echo "$@" > {tmp_path}/gcsfuse.args'}  # fmt: skip
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "BERTGPT_HOME": str(tmp_path)}
+    script = str(REPO / "launch/tpu_worker.sh")
+    done = subprocess.run(["bash", script, "mount", "bkt"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "gcsfuse.args").read_text().split()
+    assert "--implicit-dirs" in args and args[-2:] == ["bkt", "/gcs/bkt"]
+    (limit,) = [a for a in args if a.startswith("--rename-dir-limit=")]
+    assert int(limit.split("=")[1]) >= 10_000
 
 
 def test_tpu_worker_script_start_status_stop(tmp_path):

@@ -1,5 +1,8 @@
-"""A workdir on gs://: training, resume, export and load_pretrained run with the workdir
-given as a gs:// URL, against a stand-in bucket, and give bitwise the results of a local workdir.
+"""A workdir on gs://: training, resume (also from an older step, which trims metrics.jsonl
+and sets checkpoints aside on the bucket), eval, export (also to gs://) and load_pretrained run
+with the workdir given as a gs:// URL, against a stand-in bucket, and give bitwise the results
+of a local workdir. Paths that must be files (store, tokenizer, HF directories) refuse a URL in
+one sentence; a failed metrics upload is retried, and reported without hiding another error.
 
 The stand-in: an fsspec filesystem registered for gs:// that keeps objects under a local
 directory (what epath, and so our code and Orbax's directory handling, talk to), and TensorStore
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +28,11 @@ from orbax.checkpoint._src.serialization import tensorstore_utils
 from safetensors.numpy import load_file
 from test_data_shared import default_store
 
-from bertgpt_jax import cli, fs, load_pretrained
+from bertgpt_jax import cli, fs, hf_files, load_pretrained
 from bertgpt_jax.config import load_config
+from bertgpt_jax.data.store import open_store
 from bertgpt_jax.export import export
-from bertgpt_jax.train import train_and_evaluate
+from bertgpt_jax.train import state_from_hf, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -82,25 +87,51 @@ def _rows(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def _run(workdir: str, steps: int) -> dict:
+def _values(rows: list[dict]) -> list[dict]:
+    """The rows without their timings (step_time, tokens_per_sec, ...), which vary."""
+    timing = {"step_time", "tokens_per_sec", "model_tflops", "mfu"}
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+
+def _run(workdir: str, steps: int, restore_step: int | None = None) -> dict:
     config = load_config(
         ROOT / "configs/bert_tiny.yaml",
         [*TINY, f"train.steps={steps}", f"data.path={default_store()}"],
     )
-    return train_and_evaluate(config, workdir)
+    return train_and_evaluate(config, workdir, restore_step=restore_step)
 
 
-def test_gs_workdir_trains_resumes_and_exports_like_a_local_one(bucket, tmp_path, monkeypatch):
+def _eval(workdir: str, capsys) -> dict:
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", workdir]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_gs_workdir_trains_resumes_and_exports_like_a_local_one(
+    bucket, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)  # a gs:// URL mistaken for a local path would land here
     local = tmp_path / "local"
-    for workdir in (str(local), "gs://bkt/run"):
+    remote = bucket / "bkt" / "run"
+    first: dict[Path, list[dict]] = {}
+    for workdir, root in ((str(local), local), ("gs://bkt/run", remote)):
         _run(workdir, 5)  # checkpoints at 3 and 5
         _run(workdir, 8)  # resumes from 5 (train.steps changed: a recorded change)
-    remote = bucket / "bkt" / "run"
+        # keep=3: step 3 was removed when step 8 was saved
+        assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["5", "6", "8"]
+        first[root] = _rows((root / "metrics.jsonl").read_text())
+        # From step 5 again: 6 and 8 are set aside, rows 6-8 trimmed, then trained and logged anew.
+        _run(workdir, 8, restore_step=5)
 
     assert not (tmp_path / "gs:").exists()
-    # keep=3: step 3 was removed from the bucket when step 8 was saved
     assert sorted(p.name for p in (remote / "checkpoints").iterdir()) == ["5", "6", "8"]
+    for root in (local, remote):
+        aside = sorted((root / "set_aside").glob("*/*"))
+        assert [p.name for p in aside] == ["6", "8"]
+        assert all((p / "commit_success.txt").is_file() for p in aside)  # whole steps moved
+        assert (root / "checkpoints/8/commit_success.txt").is_file()  # launch.supervisor's check
+        again = _rows((root / "metrics.jsonl").read_text())
+        assert _values(again) == _values(first[root])  # each step once, bitwise the same run
     assert (remote / "config.yaml").read_text() == (local / "config.yaml").read_text()
     assert (remote / "tokenizer.model").read_bytes() == (local / "tokenizer.model").read_bytes()
     assert list((remote / "tb").glob("events.out.tfevents.*")), "TensorBoard events not uploaded"
@@ -110,6 +141,9 @@ def test_gs_workdir_trains_resumes_and_exports_like_a_local_one(bucket, tmp_path
     for a, b in zip(ours, theirs, strict=True):
         assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"])
 
+    evaluated = _eval("gs://bkt/run", capsys)
+    assert evaluated["step"] == 8 and evaluated == _eval(str(local), capsys)
+
     out_remote = export("gs://bkt/run", tmp_path / "hf_remote")
     out_local = export(local, tmp_path / "hf_local")
     a, b = load_file(out_remote / "model.safetensors"), load_file(out_local / "model.safetensors")
@@ -117,6 +151,17 @@ def test_gs_workdir_trains_resumes_and_exports_like_a_local_one(bucket, tmp_path
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     assert (out_remote / "tokenizer.json").read_text() == (out_local / "tokenizer.json").read_text()
+
+    # --output on the bucket: built locally, then uploaded; the files of a local --output, byte
+    # for byte (including the model card, whose metric table has this workdir's timings).
+    argv = ["export", "--workdir", "gs://bkt/run", "--output", "gs://bkt/hf"]
+    assert cli.main(argv) == 0
+    files = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["files"]
+    assert files == sorted(p.name for p in out_remote.iterdir())
+    for name in files:
+        assert (bucket / "bkt/hf" / name).read_bytes() == (out_remote / name).read_bytes()
+    assert cli.main(argv) == 2 and "already exists" in capsys.readouterr().err
+    _failed_upload_leaves_nothing(bucket, monkeypatch)
 
     ids = np.arange(2, 18, dtype=np.int32).reshape(2, 8)
     from_bucket, from_disk = load_pretrained("gs://bkt/run"), load_pretrained(local)
@@ -144,3 +189,110 @@ def test_move_tree_on_the_bucket(bucket):
     assert (moved / "state/d/x.bin").read_bytes() == b"\x00\x01"
     assert (moved / "commit_success.txt").read_text() == "ok"
     assert not (bucket / "bkt/w/checkpoints/7").exists()
+
+
+def _failed_upload_leaves_nothing(bucket: Path, monkeypatch) -> None:
+    sent: list[str] = []
+    copy = fs.copy_file
+
+    def flaky(source, target):
+        if len(sent) == 2:
+            raise OSError("503 Service Unavailable")
+        copy(source, target)
+        sent.append(target.name)
+
+    monkeypatch.setattr(fs, "copy_file", flaky)
+    with pytest.raises(OSError, match="503"):
+        export("gs://bkt/run", "gs://bkt/hf_failed")
+    assert "config.json" not in sent  # uploaded last: a partial upload is never an HF directory
+    assert not [p for p in (bucket / "bkt").glob("hf_failed/**/*") if p.is_file()]
+
+
+def test_urls_where_files_are_needed_fail_in_one_sentence(bucket, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where pathlib would have made the folders "gs:" and "hf:"
+    text = tmp_path / "text.txt"
+    text.write_text("one sentence.\n\nanother one.\n")
+    cases = [
+        (["prepare", "--input", str(text), "--tokenizer", "tok", "--output", "gs://bkt/data"],
+         "prepare --output gs://bkt/data must be a path on a file system"),
+        (["prepare", "--input", str(text), "--tokenizer", "gs://bkt/tok", "--output", "store"],
+         "tokenizer gs://bkt/tok must be"),
+        (["tokenizer", "--input", str(text), "--vocab-size", "64", "--output", "gs://bkt/tok"],
+         "tokenizer --output gs://bkt/tok must be"),
+        (["tokenizer", "--from-model", "m.model", "--output", "gs://bkt/tok"],
+         "tokenizer --output gs://bkt/tok must be"),
+        (["export", "--workdir", "runs/x", "--output", "hf://user/model"],
+         "export --output hf://user/model must be"),
+        (["train", "--config", str(ROOT / "configs/bert_tiny.yaml"), "--workdir", "gcs://b/r"],
+         "the URLs understood here are gs:// or s3://"),
+    ]  # fmt: skip
+    errors = []
+    for argv, expected in cases:
+        assert cli.main(argv) == 2, argv
+        errors.append(capsys.readouterr().err.strip())
+        assert expected in errors[-1] and "\n" not in errors[-1], errors[-1]
+    assert "mounted as a file system (e.g. /gcs/bkt/data after `gcsfuse bkt" in errors[0]
+    (bucket / "bkt/hf").mkdir(parents=True)
+    (bucket / "bkt/hf/config.json").write_text("{}")
+    for call, name in [
+        (lambda: open_store("gs://bkt/data"), "data store (data.path) gs://bkt/data"),
+        (lambda: state_from_hf(None, "gs://bkt/hf", None), "checkpoint.init_from_hf gs://bkt/hf"),
+        (lambda: load_pretrained("gs://bkt/hf"), "HuggingFace model directory gs://bkt/hf"),
+        (lambda: hf_files.save_hf("gs://bkt/out", {}, None), "save_hf out_dir gs://bkt/out"),
+    ]:
+        with pytest.raises(fs.FsError, match="must be a path on a file system") as err:
+            call()
+        assert str(err.value).startswith(name), err.value
+        if name.endswith("gs://bkt/hf"):
+            assert "copy it to a local disk (gcloud storage cp -r gs://bkt/hf .)" in str(err.value)
+    assert "write it locally, then gcloud storage cp -r DIR gs://bkt/out" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gcs", "text.txt"]  # nothing made
+
+
+def test_a_failed_metrics_upload_is_retried_and_never_hides_an_error(bucket, monkeypatch, caplog):
+    remote = fs.as_path("gs://bkt/m")
+    failures: list[OSError] = []
+    write_bytes = type(remote).write_bytes
+
+    def flaky(self, data):  # the stand-in bucket, failing when told to
+        if failures:
+            raise failures.pop()
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(type(remote), "write_bytes", flaky)
+    caplog.set_level(logging.WARNING, logger="bertgpt_jax.fs")
+
+    def logged() -> list[str]:
+        return [r.levelname for r in caplog.records if r.name == "bertgpt_jax.fs"]
+
+    mirror = fs.Mirror(remote, every_s=0.0)
+    (mirror.local / "metrics.jsonl").write_text('{"step": 1}\n')
+    failures.append(OSError("503 Service Unavailable"))
+    mirror.sync()  # inside the training loop: logged, not raised
+    assert logged() == ["WARNING"]  # once per failed sync
+    assert "retrying at the next sync" in caplog.text and "503" in caplog.text
+    assert not (bucket / "bkt/m/metrics.jsonl").exists()
+    with (mirror.local / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2}\n')
+    mirror.sync()
+    assert (bucket / "bkt/m/metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+    mirror.close()
+    assert not mirror.local.exists() and logged() == ["WARNING"]
+
+    # The last upload fails: an error naming the kept local copy, unless one is in flight.
+    for in_flight in (False, True):
+        mirror = fs.Mirror(remote)
+        (mirror.local / "tb").mkdir()
+        (mirror.local / "tb" / "events").write_bytes(b"x")
+        failures.append(OSError("quota exceeded"))
+        if in_flight:
+            with pytest.raises(KeyError, match="the training error"):
+                try:
+                    raise KeyError("the training error")
+                finally:
+                    mirror.close()  # as MetricsWriter.close in train_and_evaluate's finally
+            assert logged()[-1] == "ERROR" and "are kept" in caplog.text
+        else:
+            with pytest.raises(fs.FsError, match=r"quota exceeded.*are kept"):
+                mirror.close()
+        assert (mirror.local / "tb" / "events").read_bytes() == b"x"

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from bertgpt_jax import fs
 from bertgpt_jax.data import corpus, sources
 from bertgpt_jax.data.errors import DataError
 from bertgpt_jax.data.tokenizer import (
@@ -131,7 +132,7 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 def open_store(path: str | Path) -> Store:
-    path = Path(path)
+    path = fs.require_local(path, "data store (data.path)")
     manifest = read_manifest(path)
     if manifest is None or manifest.get("format") != STORE_FORMAT:
         what = "does not exist" if not path.exists() else "is not a complete prepared store"
@@ -276,7 +277,7 @@ def prepare_store(
     and options; refuses to replace a different store or a non-empty directory unless
     `overwrite`. Bad inputs raise DataError and leave `output` untouched.
     """
-    output = Path(output)
+    output = fs.require_local(output, "prepare --output")
     text_options = text_options or sources.TextOptions()
     if bool(inputs) == (tfds_spec is not None):
         raise DataError("give either --input PATH [PATH ...] or --tfds NAME, not both or neither.")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import sentencepiece as spm
 
+from bertgpt_jax import fs
 from bertgpt_jax.data.errors import DataError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, EOT_ID = 0, 1, 2, 3, 4, 5
@@ -129,7 +130,7 @@ def _check_special_ids(sp: spm.SentencePieceProcessor, path: Path) -> None:
 
 def resolve_model_path(path: str | Path) -> Path:
     """A tokenizer is named by its directory or by its `.model` file."""
-    path = Path(path)
+    path = fs.require_local(path, "tokenizer")
     return path / MODEL_FILE if path.is_dir() else path
 
 
@@ -178,7 +179,7 @@ def train_tokenizer(
     no-op). Only the first `max_sentences` sentences are used, which keeps training time bounded
     on large corpora and deterministic.
     """
-    output_dir = Path(output_dir)
+    output_dir = fs.require_local(output_dir, "tokenizer --output")
     options = {
         "vocab_size": vocab_size,
         "model_type": model_type,
@@ -229,6 +230,7 @@ def _limit(sentences: Iterable[str], limit: int) -> Iterator[str]:
 def import_tokenizer(model_path: str | Path, output_dir: str | Path) -> Tokenizer:
     """Copies a user's own SentencePiece model into a tokenizer directory after checking that it
     keeps the special-token ids."""
+    output = fs.require_local(output_dir, "tokenizer --output")
     source = Tokenizer(resolve_model_path(model_path))
     info = {"imported_from": str(source.model_path)}
-    return _write_dir(Path(output_dir), source.model_path.read_bytes(), info)
+    return _write_dir(output, source.model_path.read_bytes(), info)
