@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bertgpt_jax import allocator
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "small": dict(layers=4, hidden=256, heads=4, seq=128, batch=16),
@@ -59,8 +61,10 @@ def peer_cmd(
     return cmd + (["--compile"] if impl == "torch-compile" else [])
 
 
-def run(cmd: list[str]) -> dict | None:
+def run(cmd: list[str], preload: str | None = None) -> dict | None:
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    if preload:
+        env["LD_PRELOAD"] = preload
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
@@ -87,10 +91,20 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--ours-extra", default="", help="extra overrides for bertgpt bench")
+    p.add_argument(
+        "--peers-tcmalloc",
+        action="store_true",
+        help="run the peers with tcmalloc preloaded too (`bertgpt` preloads it itself where "
+        "installed; BERTGPT_ALLOCATOR=system turns that off)",
+    )
     p.add_argument("--peers-bench", default=str(ROOT.parent / "shared" / "bench"))
     p.add_argument("--torch-python", default=os.path.join(peers, "torch/bin/python"))
     p.add_argument("--flax-python", default=os.path.join(peers, "flax/bin/python"))
     args = p.parse_args()
+    if args.peers_tcmalloc and allocator.find_tcmalloc({}) is None:
+        p.error(
+            "--peers-tcmalloc: no tcmalloc found; install it (apt-get install libtcmalloc-minimal4)"
+        )
     times: dict[tuple, list[float]] = {}
     for config in args.configs.split(","):
         for family in args.families.split(","):
@@ -98,13 +112,16 @@ def main() -> int:
                 impls = args.impls.split(",")
                 for r in range(args.rounds):
                     for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
+                        preload = None
                         if impl == "ours":
                             cmd = ours_cmd(
                                 config, family, dtype, args.steps, args.ours_extra.split()
                             )
                         else:
                             cmd = peer_cmd(impl, config, family, dtype, args.steps, args)
-                        result = run(cmd)
+                            if args.peers_tcmalloc:
+                                preload = allocator.find_tcmalloc({})
+                        result = run(cmd, preload)
                         if result is not None:
                             times.setdefault((config, family, dtype, impl), []).append(
                                 step_time(result)

@@ -9,6 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from bertgpt_jax import allocator
 from bertgpt_jax.config import Config
 from bertgpt_jax.metrics import device_peak_flops, flops_per_step
 from bertgpt_jax.sharding import make_mesh
@@ -58,6 +59,7 @@ def run_bench(config: Config, steps: int = 10, warmup: int = 3) -> dict:
         "family": config.model.family,
         "dtype": config.model.dtype,
         "backend": jax.default_backend(),
+        "allocator": allocator.loaded(),
         "devices": jax.device_count(),
         "layers": config.model.num_layers,
         "hidden": config.model.hidden_size,

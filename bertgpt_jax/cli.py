@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from bertgpt_jax import aot, export, fs
+from bertgpt_jax import allocator, aot, fs
 from bertgpt_jax.config import Config, ConfigError, load_config
 from bertgpt_jax.data import cli as data_cli
 
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.set_defaults(func=_bench)
 
+    from bertgpt_jax import export  # imports JAX: after `entry` has chosen the allocator
+
     for register in (data_cli.register, export.register, aot.register):
         register(sub)
     return parser
@@ -122,5 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The `bertgpt` command: re-executes once with tcmalloc preloaded where it is installed
+    (see allocator.py), then runs `main`. Tests call `main` directly and keep their process."""
+    allocator.reexec_with_tcmalloc("bertgpt_jax.cli", sys.argv[1:])
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

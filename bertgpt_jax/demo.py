@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bertgpt_jax import allocator
 from bertgpt_jax.config import load_config
 from bertgpt_jax.data.embedded import prepare_default
 
@@ -54,4 +56,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.reexec_with_tcmalloc("bertgpt_jax.demo", sys.argv[1:])
     raise SystemExit(main())
