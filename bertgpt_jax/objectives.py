@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from bertgpt_jax.config import Config
-from bertgpt_jax.losses import LossSums, causal_lm_loss, masked_lm_loss, next_sentence_loss
+from bertgpt_jax.losses import LossSums, masked_lm_loss, next_sentence_loss, tied_causal_lm_loss
 from bertgpt_jax.model import Bert, Gpt, Model
 
 Array = jax.Array
@@ -37,8 +37,17 @@ def bert_terms(model: Bert, batch: Batch, key: Array | None) -> dict[str, LossSu
 
 
 def gpt_terms(model: Gpt, batch: Batch, key: Array | None) -> dict[str, LossSums]:
-    out = model(batch["input_ids"], batch["positions"], batch["segment_ids"], key=key)
-    return {"lm": causal_lm_loss(out["logits"], batch["targets"], batch["loss_weights"])}
+    # The tied head and the loss as one operation (losses.tied_causal_lm_loss): the same sums
+    # as causal_lm_loss(model(...)["logits"], ...), with a cheaper backward.
+    hidden = model.encode(batch["input_ids"], batch["positions"], batch["segment_ids"], key=key)
+    lm = tied_causal_lm_loss(
+        hidden,
+        model.output_embedding(),
+        batch["targets"],
+        batch["loss_weights"],
+        model.config.dtype,
+    )
+    return {"lm": lm}
 
 
 def loss_terms(model: Model, batch: Batch, key: Array | None) -> dict[str, LossSums]:

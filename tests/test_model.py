@@ -18,6 +18,7 @@ from flax import nnx
 from bertgpt_jax import losses
 from bertgpt_jax.config import ModelConfig, load_config
 from bertgpt_jax.model import Bert, Gpt, build_model
+from bertgpt_jax.model.layers import matmul
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Same math in another order (scan vs loop, another sequence length): float32 rounding only.
@@ -269,3 +270,32 @@ def test_cross_entropy_gradient_matches_autodiff_of_log_softmax():
 
     ours = jax.jit(jax.grad(lambda x: causal_lm_loss(x, labels, weights).loss_sum))(logits)
     np.testing.assert_allclose(ours, jax.grad(reference)(logits), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tied_lm_loss_equals_projection_then_cross_entropy(dtype):
+    """losses.tied_causal_lm_loss (head + loss as one op, written-out backward) gives the sums
+    and the gradients of Embeddings.attend followed by causal_lm_loss."""
+    rng = np.random.default_rng(13)
+    hidden = jnp.asarray(rng.standard_normal((3, 9, 16)), jnp.float32)
+    table = jnp.asarray(0.5 * rng.standard_normal((40, 16)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 40, (3, 9)), jnp.int32)
+    weights = jnp.asarray(rng.random((3, 9)) < 0.7, jnp.float32)
+
+    def fused(h, t):
+        return losses.tied_causal_lm_loss(h, t, targets, weights, dtype)
+
+    def separate(h, t):
+        logits = matmul("xd,vd->xv", h.reshape(-1, 16), t, jnp.dtype(dtype)).reshape(3, 9, 40)
+        return losses.causal_lm_loss(logits, targets, weights)
+
+    got, want = jax.jit(fused)(hidden, table), jax.jit(separate)(hidden, table)
+    np.testing.assert_allclose(float(got.loss_sum), float(want.loss_sum), rtol=1e-6)
+    assert float(got.weight_sum) == float(want.weight_sum)
+    assert float(got.correct_sum) == float(want.correct_sum)
+    grad = lambda f: jax.jit(jax.grad(lambda h, t: f(h, t).loss_sum, argnums=(0, 1)))  # noqa: E731
+    pairs = zip(grad(fused)(hidden, table), grad(separate)(hidden, table), strict=True)
+    for ours, reference in pairs:
+        # Same float32 math; bf16 rounds the logit gradient once either way.
+        np.testing.assert_allclose(ours, reference, atol=1e-6 if dtype == "float32" else 1e-5)
+        assert float(jnp.abs(reference).max()) > 1e-2

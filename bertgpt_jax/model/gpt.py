@@ -27,6 +27,20 @@ class Gpt(nnx.Module):
         segment_ids: Array | None = None,
         key: Array | None = None,
     ) -> dict[str, Array]:
-        hidden = self.core(input_ids, positions, segment_ids, None, key)  # [B, L, D]
+        hidden = self.encode(input_ids, positions, segment_ids, key)  # [B, L, D]
         logits = self.core.embeddings.attend(hidden, jnp.dtype(self.config.dtype))  # [B, L, V]
         return {"logits": logits}
+
+    def encode(
+        self,
+        input_ids: Array,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        key: Array | None = None,
+    ) -> Array:
+        """The final hidden states [B, L, D], before the tied output projection."""
+        return self.core(input_ids, positions, segment_ids, None, key)
+
+    def output_embedding(self) -> Array:
+        """The token table [V, D] that the output projection shares (logits = h @ table.T)."""
+        return self.core.embeddings.token[...]

@@ -84,7 +84,7 @@ def _einsum_f32(eq: str, a: Array, b: Array) -> Array:
     return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
 
 
-def _swap_last(a: Array) -> Array:
+def swap_last(a: Array) -> Array:
     """a with its last two axes swapped, materialised in row-major order. XLA:CPU runs a
     bf16 matmul whose left operand contracts its leading axis in float32 (it converts both
     inputs); the barrier keeps XLA from folding this transpose back into the matmul."""
@@ -126,7 +126,7 @@ def _low_precision_bwd(eq: str, dtype: str, res: tuple, g: Array) -> tuple[Array
     operands = {"x": xc, "w": wc, "g": g.astype(dtype)}
 
     def operand(name: str) -> Array:
-        return _swap_last(operands[name[1]]) if name.startswith("T") else operands[name]
+        return swap_last(operands[name[1]]) if name.startswith("T") else operands[name]
 
     (eq_dx, a_dx, b_dx), (eq_dw, a_dw, b_dw) = _BACKWARD[eq]
     dx = _einsum_f32(eq_dx, operand(a_dx), operand(b_dx))
