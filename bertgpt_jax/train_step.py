@@ -153,18 +153,15 @@ class Trainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grads, terms = self._grads(state.params, batch, key)
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         metrics = summarize(terms, self.coefficients)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        # A non-finite step never reaches the state: the update is dropped here, and the host
-        # loop stops (nan_policy=stop) or carries on from the previous state (skip).
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        # A non-finite step never reaches the state: the optimizer keeps parameters and moments
+        # as they were, and the host loop stops (nan_policy=stop) or carries on (skip).
+        params, opt_state = self.optimizer.apply(
+            grads, state.opt_state, state.params, grad_norm, finite
+        )
         new_state = TrainState(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
-            rng=state.rng,
+            step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng
         )
         metrics.update(
             grad_norm=grad_norm,

@@ -74,7 +74,7 @@ def test_large_matrices_are_sharded_as_the_rules_say():
     token = core["embeddings"]["token"]
     assert token.addressable_shards[0].data.shape == (512, 32)
     # Adam moments follow their parameters (ZeRO-3: optimizer state sharded as well).
-    mu = state.opt_state[1][0].mu["core"]["layers"]["attention"]["query"]["kernel"]
+    mu = state.opt_state.mu["core"]["layers"]["attention"]["query"]["kernel"]
     assert mu.sharding.spec == query.sharding.spec
     # Every parameter has a spec from the rules table.
     for leaf in jax.tree.leaves(state.params):
