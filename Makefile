@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-test demo test lint clean
+.PHONY: install install-test demo test lint tcmalloc clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: install-test
 
 test: lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q tests
+
+# Optional, Debian/Ubuntu: the allocator `bertgpt` preloads when it is installed (see
+# bertgpt_jax/allocator.py; about 20% faster CPU steps). Needs root or sudo.
+tcmalloc:
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y libtcmalloc-minimal4
 
 clean:
 	rm -rf $(VENV) runs
