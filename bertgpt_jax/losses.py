@@ -101,10 +101,11 @@ def tied_causal_lm_loss(
     hidden [B, L, D] final hidden states; table [V, D] the token embeddings; targets and
     loss_weights [B, L]; dtype the matmul input dtype. The same sums as projecting with
     `Embeddings.attend` and calling `causal_lm_loss`, but the backward is written for the pair:
-    the [B*L, V] logit gradient is produced once, directly in the compute dtype, with the -1 of
-    each target written by a scatter of B*L values instead of a one-hot compare over all V; and
-    the table's gradient is computed transposed ([D, V] = hidden^T @ grad), so only the small
-    hidden states are transposed, never the [B*L, V] gradient. On a small GPT (4 x 256, vocab
+    the softmax part of the [B*L, V] logit gradient is produced in one pass, directly in the
+    compute dtype, and the one-hot part is applied to the two products at the B*L labels only
+    (so it is never rounded to bf16); the table's gradient is computed transposed
+    ([D, V] = hidden^T @ grad), so only the small hidden states are transposed, never the
+    [B*L, V] gradient. On a small GPT (4 x 256, vocab
     8192, 2048 tokens) the head is a third of the step's FLOPs and most of its memory traffic.
     """
     d = hidden.shape[-1]
@@ -140,16 +141,18 @@ def _tied_head_fwd(dtype: str, x: Array, table: Array, labels: Array) -> tuple[t
 def _tied_head_bwd(dtype: str, res: tuple, cotangents: tuple[Array, Array]) -> tuple:
     logits, lse, labels, xc, tc, (x_marker, t_marker) = res
     g_nll, _ = cotangents  # the max gap only feeds the (non-differentiated) accuracy
-    rows = jnp.arange(logits.shape[0])
-    # d nll / d logits = softmax - onehot(label), times each row's cotangent; [N, V] in dtype.
-    grad = (jnp.exp(logits - lse[:, None]) * g_nll[:, None]).astype(dtype)
-    at_label = (jnp.exp(logits[rows, labels] - lse) - 1.0) * g_nll
-    grad = grad.at[rows, labels].set(at_label.astype(dtype), unique_indices=True)
-    dx = jnp.einsum("xv,vd->xd", grad, tc, preferred_element_type=jnp.float32)  # [N, D]
-    dtable_t = jnp.einsum("dx,xv->dv", swap_last(xc), grad, preferred_element_type=jnp.float32)
+    # d nll / d logits = softmax - onehot(label), times each row's cotangent. The softmax part
+    # is one elementwise pass over [N, V] straight into the compute dtype; the one-hot part
+    # only touches each row's label, so it is applied to the two products directly:
+    # dx -= g * table[label] (a gather of N rows), dtable[label] -= g * x (a scatter-add).
+    probs = (jnp.exp(logits - lse[:, None]) * g_nll[:, None]).astype(dtype)  # [N, V]
+    dx = jnp.einsum("xv,vd->xd", probs, tc, preferred_element_type=jnp.float32)  # [N, D]
+    dx = dx - g_nll[:, None] * tc[labels].astype(jnp.float32)
+    dtable_t = jnp.einsum("dx,xv->dv", swap_last(xc), probs, preferred_element_type=jnp.float32)
     # The barrier keeps XLA from folding the transpose into the matmul (a [V, D] result with the
     # gradient contracted along its leading axis, a layout XLA:CPU runs in float32 only).
     dtable = jax.lax.optimization_barrier(dtable_t).T  # [V, D]
+    dtable = dtable.at[labels].add(-g_nll[:, None] * xc.astype(jnp.float32))
     return dx.astype(x_marker.dtype), dtable.astype(t_marker.dtype), None
 
 
