@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bertgpt_jax.model.layers import swap_last
+from bertgpt_jax.model.layers import cpu_layout_barrier, swap_last
 
 Array = jax.Array
 
@@ -149,9 +149,9 @@ def _tied_head_bwd(dtype: str, res: tuple, cotangents: tuple[Array, Array]) -> t
     dx = jnp.einsum("xv,vd->xd", probs, tc, preferred_element_type=jnp.float32)  # [N, D]
     dx = dx - g_nll[:, None] * tc[labels].astype(jnp.float32)
     dtable_t = jnp.einsum("dx,xv->dv", swap_last(xc), probs, preferred_element_type=jnp.float32)
-    # The barrier keeps XLA from folding the transpose into the matmul (a [V, D] result with the
-    # gradient contracted along its leading axis, a layout XLA:CPU runs in float32 only).
-    dtable = jax.lax.optimization_barrier(dtable_t).T  # [V, D]
+    # The barrier keeps XLA:CPU from folding the transpose into the matmul (a [V, D] result
+    # with the gradient contracted along its leading axis, a layout it runs in float32 only).
+    dtable = cpu_layout_barrier(dtable_t).T  # [V, D]
     dtable = dtable.at[labels].add(-g_nll[:, None] * xc.astype(jnp.float32))
     return dx.astype(x_marker.dtype), dtable.astype(t_marker.dtype), None
 

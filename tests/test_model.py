@@ -308,3 +308,34 @@ def test_tied_lm_loss_equals_projection_then_cross_entropy(dtype):
             np.testing.assert_allclose(ours, reference, atol=1e-6)
         else:
             assert _max_diff(ours, truth) <= _max_diff(reference, truth)
+
+
+def test_backward_without_cpu_layout_barriers_is_the_same(gpt, monkeypatch):
+    """On TPU/GPU the written-out bf16 backward leaves its transposes to the compiler (no
+    optimization barrier, see layers.cpu_layout_barrier). Traced as if for such a backend (XLA:CPU
+    then runs those matmuls in float32 on the same bf16 inputs), the gradients are the same."""
+    bf16 = _same_params(dataclasses.replace(gpt.config, dtype="bfloat16"), gpt)
+    ids = _ids((2, 17), gpt.config.vocab_size, seed=14)
+    graphdef, state = nnx.split(bf16)
+
+    def loss(state: nnx.State) -> jax.Array:
+        model = nnx.merge(graphdef, state)
+        hidden = model.encode(ids[:, :-1])
+        targets, weights = ids[:, 1:], jnp.ones(ids[:, 1:].shape)
+        fused = losses.tied_causal_lm_loss(
+            hidden, model.output_embedding(), targets, weights, "bfloat16"
+        )
+        logits = model(ids[:, :-1])["logits"]  # attend: the layers' written-out backward too
+        return fused.mean() + losses.causal_lm_loss(logits, targets, weights).mean()
+
+    def grads() -> tuple[nnx.State, str]:
+        run = jax.jit(jax.grad(lambda s: loss(s)))  # a new function: traced afresh
+        return run(state), run.lower(state).as_text()
+
+    on_cpu, cpu_text = grads()
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    elsewhere, other_text = grads()
+    assert "optimization_barrier" in cpu_text and "optimization_barrier" not in other_text
+    for a, b in zip(jax.tree.leaves(on_cpu), jax.tree.leaves(elsewhere), strict=True):
+        np.testing.assert_allclose(a, b, rtol=REORDER_TOL, atol=1e-6)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(on_cpu)) > 1e-3

@@ -84,12 +84,24 @@ def _einsum_f32(eq: str, a: Array, b: Array) -> Array:
     return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
 
 
+def cpu_layout_barrier(x: Array) -> Array:
+    """`x`, kept by XLA:CPU in the layout it was computed in. XLA:CPU runs a bf16 matmul whose
+    operand it has to transpose in float32 (it converts both inputs), so the written-out
+    backward materialises its transposes and this barrier keeps XLA from folding them back into
+    the matmul. TPU and GPU compilers fold transposes into their matmuls for free, so there it
+    is the identity: a materialised copy would only cost memory (bert_base on v5p:2x2x1, 1 GiB
+    of temporaries per chip). The backend is the one tracing, so `bertgpt compile` on a CPU
+    host reports TPU memory with the barriers in: on the safe side."""
+    if jax.default_backend() != "cpu":
+        return x
+    return jax.lax.optimization_barrier(x)
+
+
 def swap_last(a: Array) -> Array:
-    """a with its last two axes swapped, materialised in row-major order. XLA:CPU runs a
-    bf16 matmul whose left operand contracts its leading axis in float32 (it converts both
-    inputs); the barrier keeps XLA from folding this transpose back into the matmul."""
+    """a with its last two axes swapped, materialised in row-major order on CPU (see
+    `cpu_layout_barrier`)."""
     *lead, m, n = a.shape
-    flat = jax.lax.optimization_barrier(jnp.swapaxes(a, -1, -2).reshape(-1))
+    flat = cpu_layout_barrier(jnp.swapaxes(a, -1, -2).reshape(-1))
     return flat.reshape(*lead, n, m)
 
 
