@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ENV = "BERTGPT_ALLOCATOR"
+_REEXECUTED = "BERTGPT_ALLOCATOR_REEXECUTED"  # set in the re-executed process: never twice
 _SEARCH_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 _NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 
@@ -45,13 +46,13 @@ def preload_command(
     """The command and environment that run `python -m MODULE ARGV` with tcmalloc preloaded, or
     None when this process should go on as it is (already preloaded, or no tcmalloc)."""
     preload = env.get("LD_PRELOAD", "")
-    if "tcmalloc" in preload:
+    if env.get(_REEXECUTED) or "tcmalloc" in preload:
         return None
     library = find_tcmalloc(env)
     if library is None:
         return None
     new_env = dict(env, LD_PRELOAD=f"{library}:{preload}" if preload else library)
-    new_env[ENV] = library  # the re-executed process finds it in LD_PRELOAD and goes on
+    new_env[_REEXECUTED] = "1"
     return [sys.executable, "-m", module, *argv], new_env
 
 
