@@ -4,7 +4,7 @@ XLA:CPU allocates each step's temporary buffers with malloc and frees them when 
 glibc hands large blocks back to the kernel on free, so every step faults its working set back in
 page by page: a 6-layer, 512-wide GPT step took 121,554 minor page faults and 0.24 s of kernel
 time per 0.49 s step (2 cores). tcmalloc keeps freed pages for reuse: 0 faults and a 0.38 s step,
-the same program. It is the allocator MaxText and the TPU VM images preload for the same reason.
+the same program.
 
 An allocator cannot be swapped inside a running process, so the `bertgpt` command re-executes
 itself once, before importing JAX, with the library in LD_PRELOAD (the process id stays the same,
