@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ from flax import nnx
 
 from bertgpt_jax import losses
 from bertgpt_jax.config import ModelConfig, load_config
-from bertgpt_jax.model import Bert, Gpt, build_model
+from bertgpt_jax.model import Bert, Gpt, build_model, layers
 from bertgpt_jax.model.layers import matmul
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -339,3 +340,49 @@ def test_backward_without_cpu_layout_barriers_is_the_same(gpt, monkeypatch):
     for a, b in zip(jax.tree.leaves(on_cpu), jax.tree.leaves(elsewhere), strict=True):
         np.testing.assert_allclose(a, b, rtol=REORDER_TOL, atol=1e-6)
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(on_cpu)) > 1e-3
+
+
+@pytest.mark.parametrize("eq", sorted(layers._BACKWARD))
+def test_written_out_backward_equals_autodiff(eq):
+    """Each forward contraction's written-out bf16 backward (layers._BACKWARD) gives the gradients
+    of float32 autodiff on the same inputs. Inputs and cotangent are small integers, exact in
+    bf16, so the two differ only in float32 summation order."""
+    sizes = dict(zip("bhqskxzndv", (2, 3, 4, 5, 6, 7, 5, 3, 4, 9), strict=True))
+    lhs, rhs = eq.split("->")[0].split(",")
+    out = eq.split("->")[1]
+    rng = np.random.default_rng(len(eq))
+    x, w, r = (
+        jnp.asarray(rng.integers(-4, 5, [sizes[c] for c in spec]), jnp.float32)
+        for spec in (lhs, rhs, out)
+    )
+    ours = jax.grad(lambda a, b: (matmul(eq, a, b, jnp.dtype("bfloat16")) * r).sum(), (0, 1))
+    exact = jax.grad(lambda a, b: (jnp.einsum(eq, a, b, precision="highest") * r).sum(), (0, 1))
+    for got, want in zip(jax.jit(ours)(x, w), jax.jit(exact)(x, w), strict=True):
+        assert float(jnp.abs(want).max()) > 1.0
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_bf16_training_matmuls_stay_bf16_on_cpu(gpt):
+    """XLA:CPU converts the inputs of some bf16 matmuls to float32 (a transposed operand of a
+    batched one, for instance), which runs them about 2x slower. In the compiled bf16 train
+    gradient of the tiny GPT, with dropout on, every dot takes bf16 inputs."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("a property of XLA:CPU's compiled HLO")
+    bf16 = _same_params(dataclasses.replace(gpt.config, dtype="bfloat16"), gpt)
+    ids = _ids((2, 17), gpt.config.vocab_size, seed=15)
+    graphdef, state = nnx.split(bf16)
+
+    def loss(state: nnx.State) -> jax.Array:
+        model = nnx.merge(graphdef, state)
+        hidden = model.encode(ids[:, :-1], key=jax.random.key(0))
+        targets, weights = ids[:, 1:], jnp.ones(ids[:, 1:].shape)
+        terms = losses.tied_causal_lm_loss(
+            hidden, model.output_embedding(), targets, weights, "bfloat16"
+        )
+        return terms.loss_sum
+
+    text = jax.jit(jax.grad(loss)).lower(state).compile().as_text()
+    dots = re.findall(r"= \w+\[[\d,]*\]\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)", text)
+    types = dict(re.findall(r"%?([\w.\-]+)(?: =|:) (\w+)\[", text))
+    assert len(dots) >= 6 * gpt.config.num_layers
+    assert {(types[a], types[b]) for a, b in dots} == {("bf16", "bf16")}
