@@ -41,6 +41,14 @@ def test_sharded_losses_equal_single_device(reference, mesh):
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
 
 
+def test_unrolled_layers_on_a_sharded_mesh_equal_single_device(reference):
+    """The unrolled layer loop (model.scan_layers=false, the CPU benchmark's setting) slices the
+    stacked, sharded parameters per layer and stacks their gradients back."""
+    name, expected = reference
+    losses, _, _ = _losses(name, (2, 2, 2), ["model.scan_layers=false"])
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
 def test_microbatches_equal_one_batch(reference):
     name, expected = reference
     losses, _, _ = _losses(name, (1, 1, 1), ["train.microbatches=4"])

@@ -134,7 +134,31 @@ class Transformer(nnx.Module):
         if self.config.scan_layers:
             x, _ = jax.lax.scan(body, x, (state, keys))
             return x
+        per_layer = jax.tree.map(_unstack, state)  # leaves become n-tuples
         for i in range(n):
-            layer = jax.tree.map(lambda a, i=i: a[i], state)
+            layer = jax.tree.map(lambda t, i=i: t[i], per_layer, is_leaf=_is_tuple)
             x, _ = body(x, (layer, None if keys is None else keys[i]))
         return x
+
+
+def _is_tuple(x: Any) -> bool:
+    return isinstance(x, tuple)
+
+
+@jax.custom_vjp
+def _unstack(a: Array) -> tuple[Array, ...]:
+    """The layers of a stacked parameter, for the unrolled loop. Its backward stacks the layer
+    gradients (one concatenation); indexing `a[i]` instead sums num_layers zero-padded copies
+    (XLA:CPU: a pass that reads every layer's gradient for each output element)."""
+    return tuple(a[i] for i in range(a.shape[0]))
+
+
+def _unstack_fwd(a: Array) -> tuple[tuple[Array, ...], None]:
+    return _unstack(a), None
+
+
+def _unstack_bwd(_: None, grads: tuple[Array, ...]) -> tuple[Array]:
+    return (jnp.stack(grads),)
+
+
+_unstack.defvjp(_unstack_fwd, _unstack_bwd)
