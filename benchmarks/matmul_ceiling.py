@@ -1,0 +1,177 @@
+"""How close to the matmul peak a config's train step could get on this machine, at best.
+
+Compiles the train step of a config (the same one `bertgpt bench` times), reads every dot of
+the optimised HLO (shapes, dimension numbers, operand dtypes), times each dot alone at exactly
+that shape with XLA's own kernels, and sums the times: the step time if every non-matmul op
+(layer norms, softmax, GELU, dropout, the loss, the optimizer update) were free. Divided into
+the dots' FLOPs, that is the ceiling on the fraction of the measured matmul peak that the step
+can reach; the optimizer's memory traffic (read params, grads and both moments, write three)
+is a second floor, measured here as a fused elementwise pass over arrays of the model's size.
+
+    .venv/bin/python benchmarks/matmul_ceiling.py --preset small --family bert
+    .venv/bin/python benchmarks/matmul_ceiling.py --config configs/gpt_tiny.yaml model.dtype=bfloat16
+
+Prints one JSON line. Run it on an idle machine: every dot is timed by its best of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare_peers  # noqa: E402
+
+from bertgpt_jax.bench import matmul_peak_flops  # noqa: E402
+from bertgpt_jax.config import load_config  # noqa: E402
+from bertgpt_jax.metrics import flops_per_step  # noqa: E402
+from bertgpt_jax.sharding import make_mesh  # noqa: E402
+from bertgpt_jax.synthetic import synthetic_batch  # noqa: E402
+from bertgpt_jax.train_step import Trainer  # noqa: E402
+
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) \((.*)\) -> .*\{\n((?:.*\n)*?)\}", re.M)
+_DOT = re.compile(
+    r"= (\w+)\[[\d,]*\]\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\), (.*?)(?:, metadata|$)"
+)
+_DIMS = re.compile(r"(lhs_batch|rhs_batch|lhs_contracting|rhs_contracting)_dims=\{([\d,]*)\}")
+DTYPES = {"bf16": jnp.bfloat16, "f32": jnp.float32, "f16": jnp.float16}
+
+DotSpec = tuple  # (lhs dtype, lhs shape, rhs dtype, rhs shape, out dtype, dims)
+
+
+def dot_specs(hlo_text: str) -> collections.Counter:
+    """Every dot of an optimised HLO module, counted by (operand dtypes and shapes, output dtype,
+    dimension numbers). Dots are found wherever XLA put them (in fusions or not)."""
+    specs: collections.Counter = collections.Counter()
+    for comp in _COMPUTATION.finditer(hlo_text):
+        shapes = {
+            name: (dt, tuple(int(d) for d in dims.split(",") if d))
+            for name, dt, dims in re.findall(
+                r"%?([\w.\-]+)(?::| =) (\w+)\[([\d,]*)\]", comp.group(2)
+            )
+            + re.findall(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]", comp.group(3))
+        }
+        for line in comp.group(3).splitlines():
+            dot = _DOT.search(line)
+            if not dot:
+                continue
+            out, lhs, rhs, attrs = dot.groups()
+            dims = {k: tuple(int(d) for d in v.split(",") if d) for k, v in _DIMS.findall(attrs)}
+            key = (*shapes[lhs], *shapes[rhs], out, tuple(sorted(dims.items())))
+            specs[key] += 1
+    return specs
+
+
+def _dims(spec: DotSpec) -> Any:
+    d = dict(spec[5])
+    get = lambda k: d.get(k, ())  # noqa: E731
+    return (get("lhs_contracting"), get("rhs_contracting")), (get("lhs_batch"), get("rhs_batch"))
+
+
+def dot_flops(spec: DotSpec) -> int:
+    (_, rhs_contracting), (_, rhs_batch) = _dims(spec)
+    rhs_free = [n for i, n in enumerate(spec[3]) if i not in rhs_batch + rhs_contracting]
+    return 2 * math.prod(spec[1]) * math.prod(rhs_free)  # lhs: batch x free x contracting
+
+
+def time_dot(spec: DotSpec, repeats: int) -> float:
+    a = jnp.ones(spec[1], DTYPES[spec[0]])
+    b = jnp.ones(spec[3], DTYPES[spec[2]])
+    dims, out = _dims(spec), DTYPES[spec[4]]
+    f = jax.jit(lambda x, y: lax.dot_general(x, y, dims, preferred_element_type=out))
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def optimizer_floor(num_params: int, repeats: int) -> float:
+    """Seconds of one fused elementwise pass reading four float32 arrays of the model's size and
+    writing three: the least memory traffic an Adam-style update needs."""
+    p, g, m, v = (jnp.full((num_params,), 1.0 + i, jnp.float32) for i in range(4))
+
+    def update(p, g, m, v):
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        return p - 1e-3 * (m / (jnp.sqrt(v) + 1e-8) + 0.01 * p), m, v
+
+    f = jax.jit(update)
+    jax.block_until_ready(f(p, g, m, v))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(f(p, g, m, v))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--preset", choices=sorted(compare_peers.CONFIGS), help="a benchmark shape")
+    ap.add_argument("--family", choices=["bert", "gpt"], default="bert")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--config", help="a config YAML instead of --preset")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = ap.parse_args(argv)
+    if args.preset:
+        cmd = compare_peers.ours_cmd(args.preset, args.family, args.dtype, 1, [])
+        path, overrides = cmd[cmd.index("--config") + 1], cmd[cmd.index("--steps") + 2 :]
+        overrides += ["model.scan_layers=false"]
+    elif args.config:
+        path, overrides = args.config, []
+    else:
+        ap.error("give --preset or --config")
+    config = load_config(path, [*overrides, *args.overrides])
+    trainer = Trainer(config, make_mesh(config.mesh, jax.devices()[:1]))
+    state = trainer.init(config.train.seed)
+    batch = trainer.device_batch(synthetic_batch(config))
+    hlo = trainer._train_step.lower(state, batch).compile().as_text()
+    specs = dot_specs(hlo)
+    flops = sum(dot_flops(s) * n for s, n in specs.items())
+    seconds = sum(time_dot(s, args.repeats) * n for s, n in specs.items())
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    opt_floor = optimizer_floor(params, args.repeats)
+    peak = matmul_peak_flops(config.model.dtype)
+    print(
+        json.dumps(
+            {
+                "family": config.model.family,
+                "dtype": config.model.dtype,
+                "dots": sum(specs.values()),
+                "dot_flops": flops,
+                "model_flops": flops_per_step(config),
+                "non_bf16_dots": sum(
+                    n for s, n in specs.items() if (s[0], s[2]) != ("bf16", "bf16")
+                ),
+                "dots_alone_s": seconds,
+                "dots_alone_tflops": flops / seconds / 1e12,
+                "peak_tflops": peak / 1e12,
+                "ceiling_fraction_of_peak": flops / seconds / peak,
+                "params": params,
+                "optimizer_floor_s": opt_floor,
+                "ceiling_with_optimizer": flops / (seconds + opt_floor) / peak,
+                "step_time_for_60pct_s": flops_per_step(config) / (0.6 * peak),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
