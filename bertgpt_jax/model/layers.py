@@ -189,7 +189,11 @@ class LayerNorm(nnx.Module):
 
 def activation(name: str, x: Array) -> Array:
     # BERT uses the exact erf GELU; GPT-2 the tanh approximation ("gelu_new").
-    return jax.nn.gelu(x, approximate=(name == "gelu_tanh"))
+    if name == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    # Written with erf, as BERT and transformers do: jax.nn.gelu(approximate=False) uses erfc,
+    # which XLA:CPU evaluates twice as slowly (max error 1e-6 against float64 either way).
+    return 0.5 * x * (1.0 + jax.lax.erf(x * 2**-0.5))
 
 
 def _lookup(table: Array, ids: Array) -> Array:
