@@ -15,8 +15,10 @@ from bertgpt_jax.train_step import Trainer
 NO_DROPOUT = ["model.dropout_rate=0.0", "model.attention_dropout_rate=0.0"]
 
 
-def _losses(name: str, mesh: tuple[int, int, int], overrides: list[str], steps: int = 5):
-    config = load_config(f"configs/{name}.yaml", NO_DROPOUT + overrides)
+def _losses(
+    name: str, mesh: tuple[int, int, int], overrides: list[str], steps: int = 5, dropout=False
+):
+    config = load_config(f"configs/{name}.yaml", ([] if dropout else NO_DROPOUT) + overrides)
     devices = jax.devices()[: int(np.prod(mesh))]
     trainer = Trainer(config, make_mesh(MeshConfig(*mesh), devices))
     state = trainer.init(0)
@@ -46,6 +48,15 @@ def test_unrolled_layers_on_a_sharded_mesh_equal_single_device(reference):
     stacked, sharded parameters per layer and stacks their gradients back."""
     name, expected = reference
     losses, _, _ = _losses(name, (2, 2, 2), ["model.scan_layers=false"])
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bert_tiny", "gpt_tiny"])
+def test_dropout_masks_do_not_depend_on_the_mesh(name):
+    """Dropout masks hash the global element index, so a sharded run with dropout on gives the
+    single-device losses too."""
+    expected, _, _ = _losses(name, (1, 1, 1), [], dropout=True)
+    losses, _, _ = _losses(name, (2, 2, 2), [], dropout=True)
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
 
 
