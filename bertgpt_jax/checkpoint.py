@@ -224,6 +224,7 @@ class Checkpointer:
         self.config, self.trainer = config, trainer
         self.tokenizer, self.data = data_identity(config)
         self.history: list[dict[str, Any]] = []  # config changes made at resumes
+        self.restored_metrics: dict[str, float] = {}  # saved with the restored step
         self.blocked_s = 0.0  # how long the last save() held up the caller
         self.manager = _manager(self.directory, None if read_only else config)
 
@@ -316,6 +317,7 @@ class Checkpointer:
 
     def _record(self, step: int, meta: Mapping[str, Any], changes: dict[str, list]) -> None:
         self.history = list(meta.get("config_changes") or [])
+        self.restored_metrics = dict(meta.get("metrics") or {})
         if changes:
             self.history.append({"resumed_at_step": step, "changes": changes})
             if jax.process_index() == 0:

@@ -121,7 +121,8 @@ def train_and_evaluate(
     config: Config, where: str | Path, fresh: bool = False, restore_step: int | None = None
 ) -> dict[str, float]:
     """Runs (or resumes) training to `train.steps` in the workdir `where` (a local path or a
-    gs:// URL, see fs.py); returns the last logged metrics."""
+    gs:// URL, see fs.py); returns the metrics saved with the last checkpoint: the last logged
+    train metrics and, where evaluation ran, eval_-prefixed validation metrics."""
     workdir = fs.as_path(where)
     primary = jax.process_index() == 0
     if primary:
@@ -238,6 +239,7 @@ def _loop(
     history: list[tuple[int, dict[str, Any]]] = []
     last: dict[str, float] = {}
     last_eval: dict[str, float] = {}
+    saved = dict(checkpointer.restored_metrics)  # a run already at train.steps reports these
     batches = _host_batches(config, "train", start)
     step = start
     while step < t.steps:
@@ -279,4 +281,4 @@ def _loop(
     if t.profile_steps > 0 and t.profile_start <= step < t.profile_start + t.profile_steps:
         jax.profiler.stop_trace()
     checkpointer.wait()
-    return last
+    return saved

@@ -296,3 +296,11 @@ def test_a_failed_metrics_upload_is_retried_and_never_hides_an_error(bucket, mon
             with pytest.raises(fs.FsError, match=r"quota exceeded.*are kept"):
                 mirror.close()
         assert (mirror.local / "tb" / "events").read_bytes() == b"x"
+
+
+def test_a_finished_run_reports_its_final_metrics_again(tmp_path):
+    """Training a workdir that is already at train.steps runs no step and returns the metrics
+    saved with its last checkpoint (what `bertgpt train` prints as "final"), not nothing."""
+    first = _run(str(tmp_path / "run"), 3)
+    assert {"loss", "learning_rate", "grad_norm"} <= set(first)
+    assert _run(str(tmp_path / "run"), 3) == first
