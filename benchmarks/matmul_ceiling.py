@@ -22,7 +22,6 @@ import json
 import math
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_peers  # noqa: E402
 
-from bertgpt_jax.bench import matmul_peak_flops  # noqa: E402
+from bertgpt_jax.bench import best_time, matmul_peak_flops  # noqa: E402
 from bertgpt_jax.config import load_config  # noqa: E402
 from bertgpt_jax.metrics import flops_per_step  # noqa: E402
 from bertgpt_jax.sharding import make_mesh  # noqa: E402
@@ -86,17 +85,12 @@ def dot_flops(spec: DotSpec) -> int:
 
 
 def time_dot(spec: DotSpec, repeats: int) -> float:
-    a = jnp.ones(spec[1], DTYPES[spec[0]])
-    b = jnp.ones(spec[3], DTYPES[spec[2]])
+    ka, kb = jax.random.split(jax.random.key(0))  # random, like the peak's operands
+    a = jax.random.normal(ka, spec[1], jnp.float32).astype(DTYPES[spec[0]])
+    b = jax.random.normal(kb, spec[3], jnp.float32).astype(DTYPES[spec[2]])
     dims, out = _dims(spec), DTYPES[spec[4]]
     f = jax.jit(lambda x, y: lax.dot_general(x, y, dims, preferred_element_type=out))
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(lambda: f(a, b), repeats)
 
 
 def optimizer_floor(num_params: int, repeats: int) -> float:
@@ -109,13 +103,7 @@ def optimizer_floor(num_params: int, repeats: int) -> float:
         return p - 1e-3 * (m / (jnp.sqrt(v) + 1e-8) + 0.01 * p), m, v
 
     f = jax.jit(update)
-    jax.block_until_ready(f(p, g, m, v))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(f(p, g, m, v))
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(lambda: f(p, g, m, v), repeats)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,19 +19,25 @@ from bertgpt_jax.synthetic import synthetic_batch
 from bertgpt_jax.train_step import Trainer
 
 
-def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 20) -> float:
     """Best FLOP/s of one device on a square matmul in the compute dtype (bf16 inputs
     accumulate in f32, as the model's matmuls do)."""
     dt = jnp.dtype(dtype)
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dt)
     mm = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    mm(a, a).block_until_ready()
+    return 2.0 * size**3 / best_time(lambda: mm(a, a), repeats)
+
+
+def best_time(run: Callable[[], Any], repeats: int) -> float:
+    """Least wall time in seconds of `run()` (its result waited for) over `repeats` calls,
+    after one untimed call that compiles."""
+    jax.block_until_ready(run())
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        mm(a, a).block_until_ready()
+        jax.block_until_ready(run())
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+    return best
 
 
 def run_bench(config: Config, steps: int = 10, warmup: int = 3) -> dict:
