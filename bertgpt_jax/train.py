@@ -23,18 +23,13 @@ import numpy as np
 from etils import epath
 
 from bertgpt_jax import fs
-from bertgpt_jax.checkpoint import (
-    TOKENIZER_FILE,
-    Checkpointer,
-    CheckpointError,
-    architecture_keys,
-    config_changes,
-)
+from bertgpt_jax.checkpoint import TOKENIZER_FILE, Checkpointer, CheckpointError
 from bertgpt_jax.config import Config, dump_config
 from bertgpt_jax.losses import LossSums
 from bertgpt_jax.metrics import MetricsWriter, device_peak_flops, flops_per_step
 from bertgpt_jax.objectives import summarize
 from bertgpt_jax.preemption import Preemption
+from bertgpt_jax.provenance import architecture_keys, config_changes
 from bertgpt_jax.sharding import make_mesh
 from bertgpt_jax.train_step import Trainer, TrainState
 
