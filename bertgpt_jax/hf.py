@@ -1,5 +1,5 @@
-"""HuggingFace `transformers` interop: configs and weights of BertForPreTraining and
-GPT2LMHeadModel, both ways, as pure functions over parameter trees.
+"""HuggingFace `transformers` interop: weights of BertForPreTraining and GPT2LMHeadModel, both
+ways, as pure functions over parameter trees (their config.json: hf_config.py).
 
 Each family has one explicit name-map table (`BERT_TABLE`, `GPT2_TABLE`): a row pairs one HF
 tensor, as `save_pretrained` writes it to `model.safetensors`, with one or more of our
@@ -196,91 +196,11 @@ GPT2 = Family(
     },
 )
 
-_FAMILIES = {"bert": BERT, "gpt": GPT2}
-# HF activation names -> ours. "gelu" is the exact erf GELU, "gelu_new" the tanh approximation.
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
-_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+FAMILIES = {"bert": BERT, "gpt": GPT2}
 
 
-_FLOAT_FIELDS = ("layer_norm_eps", "dropout_rate", "attention_dropout_rate", "initializer_range")
-
-
-def _read_field(hf_config: Mapping[str, Any], family: Family, field: str) -> Any:
-    """One ModelConfig field from an HF config, checked; the HF default fills a missing key."""
-    key, default = family.fields[field]
-    value = hf_config.get(key, default)
-    if field == "mlp_dim" and value is None:
-        return 4 * _read_field(hf_config, family, "hidden_size")
-    if field == "activation":
-        if value not in _ACTIVATIONS:
-            raise ConfigError(
-                f"HF config has {key}={value!r}; supported activations are {sorted(_ACTIVATIONS)}."
-            )
-        return _ACTIVATIONS[value]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if field in _FLOAT_FIELDS:
-        if not number or value < 0:
-            raise ConfigError(f"HF config has {key}={value!r}; a number >= 0 is needed.")
-        return float(value)
-    minimum = 0 if field == "type_vocab_size" else 1
-    if not number or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"HF config has {key}={value!r}; an integer >= {minimum} is needed.")
-    return value
-
-
-def model_config_from_hf(hf_config: Mapping[str, Any]) -> ModelConfig:
-    """An HF config.json (BertConfig or GPT2Config, as a dict) -> our ModelConfig."""
-    if not isinstance(hf_config, Mapping):
-        raise ConfigError("an HF config must be a JSON object of keys to values.")
-    model_type = hf_config.get("model_type")
-    family = next((f for f in _FAMILIES.values() if f.model_type == model_type), None)
-    if family is None:
-        raise ConfigError(
-            f"HF model_type {model_type!r} is not supported; bertgpt-jax reads 'bert' "
-            "(BertForPreTraining) and 'gpt2' (GPT2LMHeadModel)."
-        )
-    for key, value in family.required.items():
-        if hf_config.get(key, value) != value:
-            raise ConfigError(
-                f"HF config has {key}={hf_config[key]!r}, which bertgpt-jax cannot represent; "
-                f"it supports only {key}={value!r}."
-            )
-    values = {field: _read_field(hf_config, family, field) for field in family.fields}
-    if values["hidden_size"] % values["num_heads"]:
-        raise ConfigError(
-            f"HF config has hidden size {values['hidden_size']}, which does not divide into "
-            f"{values['num_heads']} attention heads; fix config.json."
-        )
-    if family is BERT:
-        return ModelConfig(family="bert", norm_position="post", **values)
-    return ModelConfig(family="gpt", norm_position="pre", type_vocab_size=0, **values)
-
-
-def hf_config_from_model(config: ModelConfig) -> dict[str, Any]:
-    """Our ModelConfig -> the HF config.json dict (BertConfig or GPT2Config fields)."""
-    family = _family(config)
-    layout = ("post", 2) if family is BERT else ("pre", 0)
-    if config.norm_position != layout[0] or (config.type_vocab_size > 0) != (layout[1] > 0):
-        raise ConfigError(
-            f"a {config.family} model with norm_position={config.norm_position!r} and "
-            f"type_vocab_size={config.type_vocab_size} has no HF {family.architecture} "
-            f"equivalent; use norm_position={layout[0]!r} and "
-            f"{'type_vocab_size>0' if layout[1] else 'type_vocab_size=0'}."
-        )
-    out: dict[str, Any] = {"architectures": [family.architecture], "model_type": family.model_type}
-    for field, (key, _) in family.fields.items():
-        out[key] = getattr(config, field)
-    out[family.fields["activation"][0]] = _HF_ACTIVATION[config.activation]
-    out.update({k: v for k, v in family.required.items() if k != "position_embedding_type"})
-    if family is GPT2:
-        out["embd_pdrop"] = config.dropout_rate
-        # Our tokenizer, not GPT-2's, decides the special ids; the export adds them if known.
-        out.update(bos_token_id=None, eos_token_id=None)
-    return dict(sorted(out.items()))
-
-
-def _family(config: ModelConfig) -> Family:
-    return _FAMILIES[config.family]
+def family_of(config: ModelConfig) -> Family:
+    return FAMILIES[config.family]
 
 
 def _layered(rule: Rule) -> bool:
@@ -312,7 +232,7 @@ def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every HF tensor name (tied aliases left out, as `save_pretrained` does) -> its shape."""
     ours = param_shapes(config)
     out = {}
-    for rule in _family(config).table:
+    for rule in family_of(config).table:
         per_layer = _layered(rule)
         shapes = [ours[p][1:] if per_layer else ours[p] for p in rule.ours]
         for name in _names(rule, config.num_layers):
@@ -371,7 +291,7 @@ def params_to_hf(params: Mapping[str, Any], config: ModelConfig) -> StateDict:
     check_params(params, config)
     flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in _flatten(params).items()}
     state: StateDict = {}
-    for rule in _family(config).table:
+    for rule in family_of(config).table:
         parts = [flat[p] for p in rule.ours]
         if _layered(rule):
             for i, name in enumerate(_names(rule, config.num_layers)):
@@ -406,7 +326,7 @@ def _normalise(state: Mapping[str, Any], family: Family) -> StateDict:
 
 def hf_to_params(state: Mapping[str, Any], config: ModelConfig) -> Params:
     """An HF state dict (name -> array) -> our nested parameter dict of float32 numpy arrays."""
-    family = _family(config)
+    family = family_of(config)
     tensors = _normalise(state, family)
     fix = f"the weights do not match config.json (a {family.architecture} is expected)"
     _check_names("HF tensor", tensors, hf_shapes(config), fix)

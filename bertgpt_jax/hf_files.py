@@ -16,14 +16,8 @@ from safetensors.numpy import load_file, save_file
 
 from bertgpt_jax import fs
 from bertgpt_jax.config import ConfigError, ModelConfig
-from bertgpt_jax.hf import (
-    Params,
-    StateDict,
-    hf_config_from_model,
-    hf_to_params,
-    model_config_from_hf,
-    params_to_hf,
-)
+from bertgpt_jax.hf import Params, StateDict, hf_to_params, params_to_hf
+from bertgpt_jax.hf_config import hf_config_from_model, model_config_from_hf
 
 _DTYPES: dict[str, Any] = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 

@@ -19,6 +19,7 @@ from transformers import BertConfig, BertForPreTraining, GPT2Config, GPT2LMHeadM
 
 from bertgpt_jax import hf, hf_files, load_pretrained
 from bertgpt_jax.config import ConfigError, ModelConfig, load_config
+from bertgpt_jax.hf_config import hf_config_from_model, model_config_from_hf
 from bertgpt_jax.inference import PretrainedModel
 from bertgpt_jax.model import build_model
 
@@ -158,7 +159,7 @@ def test_ours_to_hf_logits_match(family, tmp_path):
 
 def test_hf_config_reads_back(hf_saved):
     family, path, _, _ = hf_saved
-    config = hf.model_config_from_hf(json.loads((path / "config.json").read_text()))
+    config = model_config_from_hf(json.loads((path / "config.json").read_text()))
     tiny = HF_TINY[family]
     assert config.family == family and config.vocab_size == tiny["vocab_size"]
     if family == "bert":
@@ -167,7 +168,7 @@ def test_hf_config_reads_back(hf_saved):
     else:
         assert (config.mlp_dim, config.num_layers, config.activation) == (80, 3, "gelu_tanh")
         assert config.type_vocab_size == 0 and config.norm_position == "pre"
-    assert hf.model_config_from_hf({"model_type": "gpt2", "n_embd": 64, "n_head": 4}).mlp_dim == 256
+    assert model_config_from_hf({"model_type": "gpt2", "n_embd": 64, "n_head": 4}).mlp_dim == 256
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
@@ -176,7 +177,7 @@ def test_round_trip_is_exact(family, tmp_path):
     params = _random_params(config, seed=4)
     back = hf.hf_to_params(hf.params_to_hf(params, config), config)
     jax.tree.map(np.testing.assert_array_equal, back, params)
-    assert hf.model_config_from_hf(hf.hf_config_from_model(config)) == config
+    assert model_config_from_hf(hf_config_from_model(config)) == config
     hf_files.save_hf(tmp_path / "f32", params, config)
     loaded_config, loaded = hf_files.load_hf(tmp_path / "f32")
     assert loaded_config == config
@@ -206,7 +207,7 @@ def test_param_counts_equal_hf(path):
     count = sum(int(np.prod(shape)) for shape in ours.values())
     config_cls, model_cls = HF_CLASSES[config.family]
     with torch.device("meta"):
-        model = model_cls(config_cls.from_dict(hf.hf_config_from_model(config)))
+        model = model_cls(config_cls.from_dict(hf_config_from_model(config)))
     assert count == sum(p.numel() for p in model.parameters())  # tied weights counted once
     assert count == PARAM_COUNTS.get(path.stem, count)
     tied = hf.BERT.tied if config.family == "bert" else hf.GPT2.tied
@@ -300,7 +301,7 @@ def test_state_dict_mismatch_is_a_clear_error(family, edit, message):
 )
 def test_unsupported_hf_config_is_a_clear_error(hf_config, message):
     with pytest.raises(ConfigError, match=message):
-        hf.model_config_from_hf(hf_config)
+        model_config_from_hf(hf_config)
 
 
 def test_params_and_paths_errors(tmp_path):
@@ -312,12 +313,12 @@ def test_params_and_paths_errors(tmp_path):
     ):
         hf_files.save_hf(tmp_path / "x", params, wider)
     with pytest.raises(ConfigError, match="no HF GPT2LMHeadModel equivalent"):
-        hf.hf_config_from_model(dataclasses.replace(config, type_vocab_size=2))
+        hf_config_from_model(dataclasses.replace(config, type_vocab_size=2))
     with pytest.raises(ConfigError, match="dtype 'float16'"):
         hf_files.save_hf(tmp_path / "x", params, config, dtype="float16")
     with pytest.raises(ConfigError, match="holds no model"):
         load_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(hf.hf_config_from_model(config)))
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_from_model(config)))
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(ConfigError, match="only safetensors"):
         load_pretrained(tmp_path)
