@@ -386,3 +386,15 @@ def test_bf16_training_matmuls_stay_bf16_on_cpu(gpt):
     types = dict(re.findall(r"%?([\w.\-]+)(?: =|:) (\w+)\[", text))
     assert len(dots) >= 6 * gpt.config.num_layers
     assert {(types[a], types[b]) for a, b in dots} == {("bf16", "bf16")}
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh"])
+def test_gelu_backward_equals_autodiff(name):
+    """layers.activation's written-out backward (it saves only the input) gives autodiff's
+    gradient of the same function, jax.nn.gelu in the exact or the tanh form."""
+    x = jnp.linspace(-8.0, 8.0, 20001, dtype=jnp.float32)
+    reference = functools.partial(jax.nn.gelu, approximate=name == "gelu_tanh")
+    np.testing.assert_allclose(layers.activation(name, x), reference(x), rtol=0, atol=2e-6)
+    ours = jax.vmap(jax.grad(lambda v: layers.activation(name, v)))(x)
+    want = jax.vmap(jax.grad(reference))(x)
+    np.testing.assert_allclose(ours, want, rtol=0, atol=2e-6)
