@@ -17,13 +17,9 @@ Prints one JSON line. Run it on an idle machine: every dot is timed by its best 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import math
-import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +28,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_peers  # noqa: E402
 
+from bertgpt_jax import hlo  # noqa: E402
 from bertgpt_jax.bench import best_time, matmul_peak_flops  # noqa: E402
 from bertgpt_jax.config import load_config  # noqa: E402
 from bertgpt_jax.metrics import flops_per_step  # noqa: E402
@@ -39,56 +36,14 @@ from bertgpt_jax.sharding import make_mesh  # noqa: E402
 from bertgpt_jax.synthetic import synthetic_batch  # noqa: E402
 from bertgpt_jax.train_step import Trainer  # noqa: E402
 
-_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) \((.*)\) -> .*\{\n((?:.*\n)*?)\}", re.M)
-_DOT = re.compile(
-    r"= (\w+)\[[\d,]*\]\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\), (.*?)(?:, metadata|$)"
-)
-_DIMS = re.compile(r"(lhs_batch|rhs_batch|lhs_contracting|rhs_contracting)_dims=\{([\d,]*)\}")
 DTYPES = {"bf16": jnp.bfloat16, "f32": jnp.float32, "f16": jnp.float16}
 
-DotSpec = tuple  # (lhs dtype, lhs shape, rhs dtype, rhs shape, out dtype, dims)
 
-
-def dot_specs(hlo_text: str) -> collections.Counter:
-    """Every dot of an optimised HLO module, counted by (operand dtypes and shapes, output dtype,
-    dimension numbers). Dots are found wherever XLA put them (in fusions or not)."""
-    specs: collections.Counter = collections.Counter()
-    for comp in _COMPUTATION.finditer(hlo_text):
-        shapes = {
-            name: (dt, tuple(int(d) for d in dims.split(",") if d))
-            for name, dt, dims in re.findall(
-                r"%?([\w.\-]+)(?::| =) (\w+)\[([\d,]*)\]", comp.group(2)
-            )
-            + re.findall(r"%([\w.\-]+) = (\w+)\[([\d,]*)\]", comp.group(3))
-        }
-        for line in comp.group(3).splitlines():
-            dot = _DOT.search(line)
-            if not dot:
-                continue
-            out, lhs, rhs, attrs = dot.groups()
-            dims = {k: tuple(int(d) for d in v.split(",") if d) for k, v in _DIMS.findall(attrs)}
-            key = (*shapes[lhs], *shapes[rhs], out, tuple(sorted(dims.items())))
-            specs[key] += 1
-    return specs
-
-
-def _dims(spec: DotSpec) -> Any:
-    d = dict(spec[5])
-    get = lambda k: d.get(k, ())  # noqa: E731
-    return (get("lhs_contracting"), get("rhs_contracting")), (get("lhs_batch"), get("rhs_batch"))
-
-
-def dot_flops(spec: DotSpec) -> int:
-    (_, rhs_contracting), (_, rhs_batch) = _dims(spec)
-    rhs_free = [n for i, n in enumerate(spec[3]) if i not in rhs_batch + rhs_contracting]
-    return 2 * math.prod(spec[1]) * math.prod(rhs_free)  # lhs: batch x free x contracting
-
-
-def time_dot(spec: DotSpec, repeats: int) -> float:
+def time_dot(spec: hlo.DotSpec, repeats: int) -> float:
     ka, kb = jax.random.split(jax.random.key(0))  # random, like the peak's operands
     a = jax.random.normal(ka, spec[1], jnp.float32).astype(DTYPES[spec[0]])
     b = jax.random.normal(kb, spec[3], jnp.float32).astype(DTYPES[spec[2]])
-    dims, out = _dims(spec), DTYPES[spec[4]]
+    dims, out = hlo.dimension_numbers(spec), DTYPES[spec[4]]
     f = jax.jit(lambda x, y: lax.dot_general(x, y, dims, preferred_element_type=out))
     return best_time(lambda: f(a, b), repeats)
 
@@ -129,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(config, make_mesh(config.mesh, jax.devices()[:1]))
     state = trainer.init(config.train.seed)
     batch = trainer.device_batch(synthetic_batch(config))
-    hlo = trainer._train_step.lower(state, batch).compile().as_text()
-    specs = dot_specs(hlo)
-    flops = sum(dot_flops(s) * n for s, n in specs.items())
+    specs = hlo.dot_specs(trainer.lower_train_step(state, batch).compile().as_text())
+    flops = sum(hlo.dot_flops(s) * n for s, n in specs.items())
     seconds = sum(time_dot(s, args.repeats) * n for s, n in specs.items())
     params = sum(x.size for x in jax.tree.leaves(state.params))
     opt_floor = optimizer_floor(params, args.repeats)

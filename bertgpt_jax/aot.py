@@ -137,7 +137,6 @@ def _check_batch(config: Config, mesh: Any) -> None:
 def compile_report(config: Config, topology: Topology, chip_config: str | None = None) -> dict:
     """Compiles the train step for `topology` and returns the figures (sizes in bytes)."""
     devices = topology_devices(topology, chip_config)
-    import jax
 
     from bertgpt_jax.metrics import device_peak_flops, flops_per_step
     from bertgpt_jax.sharding import make_mesh
@@ -160,8 +159,7 @@ def compile_report(config: Config, topology: Topology, chip_config: str | None =
         "step_seconds_at_peak": None if not peak_flops else flops / len(devices) / peak_flops,
     }
     start = time.perf_counter()
-    with jax.set_mesh(mesh):
-        lowered = trainer._train_step.lower(state, batch)
+    lowered = trainer.lower_train_step(state, batch)
     try:
         compiled = lowered.compile()
     except RuntimeError as err:

@@ -177,6 +177,12 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return self._train_step(state, batch)
 
+    def lower_train_step(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
+        """The train step lowered for these arguments (arrays or ShapeDtypeStructs), for compile
+        checks and HLO inspection."""
+        with jax.set_mesh(self.mesh):
+            return self._train_step.lower(state, batch)
+
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, LossSums]:
         with jax.set_mesh(self.mesh):
             return self._eval_step(state, batch)

@@ -1,15 +1,15 @@
 """The model FLOPs that `bertgpt bench` and metrics.jsonl report (metrics.flops_per_step) are
 the FLOPs of the matmuls XLA really compiles into the train step: counted from the optimised
-HLO's dots by benchmarks/matmul_ceiling.py, for both families, on one device, unrolled."""
+HLO's dots by bertgpt_jax/hlo.py, for both families, on one device, unrolled."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import jax
 import pytest
 
+from bertgpt_jax import hlo
 from bertgpt_jax.config import load_config
 from bertgpt_jax.metrics import flops_per_step
 from bertgpt_jax.sharding import make_mesh
@@ -19,18 +19,8 @@ from bertgpt_jax.train_step import Trainer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _ceiling_module():
-    spec = importlib.util.spec_from_file_location(
-        "matmul_ceiling", ROOT / "benchmarks" / "matmul_ceiling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["bert_tiny", "gpt_tiny"])
 def test_counted_flops_are_the_compiled_matmuls(name):
-    ceiling = _ceiling_module()
     config = load_config(
         ROOT / "configs" / f"{name}.yaml",
         ["model.scan_layers=false", "model.dtype=bfloat16", "mesh.data=1"],
@@ -38,8 +28,8 @@ def test_counted_flops_are_the_compiled_matmuls(name):
     trainer = Trainer(config, make_mesh(config.mesh, jax.devices()[:1]))
     state = trainer.init(0)
     batch = trainer.device_batch(synthetic_batch(config))
-    specs = ceiling.dot_specs(trainer._train_step.lower(state, batch).compile().as_text())
-    compiled = sum(ceiling.dot_flops(s) * n for s, n in specs.items())
+    specs = hlo.dot_specs(trainer.lower_train_step(state, batch).compile().as_text())
+    compiled = sum(hlo.dot_flops(s) * n for s, n in specs.items())
     # The count's 6N per token includes each layer's biases and LayerNorm parameters (9D + F),
     # which are not matmul weights; everything else is exactly the compiled dots.
     m = config.model

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from pathlib import Path
 
 import jax
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bertgpt_jax import losses
+from bertgpt_jax import hlo, losses
 from bertgpt_jax.config import ModelConfig, load_config
 from bertgpt_jax.model import Bert, Gpt, build_model, layers
 from bertgpt_jax.model.layers import matmul
@@ -381,11 +380,9 @@ def test_bf16_training_matmuls_stay_bf16_on_cpu(gpt):
         )
         return terms.loss_sum
 
-    text = jax.jit(jax.grad(loss)).lower(state).compile().as_text()
-    dots = re.findall(r"= \w+\[[\d,]*\]\{[\d,]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)", text)
-    types = dict(re.findall(r"%?([\w.\-]+)(?: =|:) (\w+)\[", text))
-    assert len(dots) >= 6 * gpt.config.num_layers
-    assert {(types[a], types[b]) for a, b in dots} == {("bf16", "bf16")}
+    specs = hlo.dot_specs(jax.jit(jax.grad(loss)).lower(state).compile().as_text())
+    assert sum(specs.values()) >= 6 * gpt.config.num_layers
+    assert {(s[0], s[2]) for s in specs} == {("bf16", "bf16")}
 
 
 @pytest.mark.parametrize("name", ["gelu", "gelu_tanh"])
