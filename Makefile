@@ -27,6 +27,7 @@ lint: install-test
 	$(VENV)/bin/ruff check bertgpt_jax tests launch benchmarks
 	$(VENV)/bin/ruff format --check bertgpt_jax tests launch benchmarks
 	$(VENV)/bin/mypy bertgpt_jax
+	$(VENV)/bin/lint-imports  # .importlinter: nothing imports upward
 
 test: lint
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VENV)/bin/pytest -q tests

@@ -21,11 +21,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bertgpt_jax.checkpoint import Checkpointer, restore_params
-from bertgpt_jax.config import load_config
-from bertgpt_jax.sharding import make_mesh
-from bertgpt_jax.synthetic import synthetic_batch
-from bertgpt_jax.train_step import Trainer
+from bertgpt_jax.core.config import load_config
+from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.pretrained.workdir import restore_params
+from bertgpt_jax.tasks import synthetic_batch
+from bertgpt_jax.training.checkpoint import Checkpointer
+from bertgpt_jax.training.step import Trainer
 
 
 def _timed(fn, repeats: int = 3) -> tuple[float, object]:

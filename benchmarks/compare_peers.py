@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bertgpt_jax import allocator
+from bertgpt_jax.perf import allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {

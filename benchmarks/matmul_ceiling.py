@@ -28,13 +28,13 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_peers  # noqa: E402
 
-from bertgpt_jax import hlo  # noqa: E402
-from bertgpt_jax.bench import best_time, matmul_peak_flops  # noqa: E402
-from bertgpt_jax.config import load_config  # noqa: E402
-from bertgpt_jax.metrics import flops_per_step  # noqa: E402
-from bertgpt_jax.sharding import make_mesh  # noqa: E402
-from bertgpt_jax.synthetic import synthetic_batch  # noqa: E402
-from bertgpt_jax.train_step import Trainer  # noqa: E402
+from bertgpt_jax.core.config import load_config  # noqa: E402
+from bertgpt_jax.parallel.sharding import make_mesh  # noqa: E402
+from bertgpt_jax.perf import hlo  # noqa: E402
+from bertgpt_jax.perf.bench import best_time, matmul_peak_flops  # noqa: E402
+from bertgpt_jax.tasks import synthetic_batch  # noqa: E402
+from bertgpt_jax.training.metrics import flops_per_step  # noqa: E402
+from bertgpt_jax.training.step import Trainer  # noqa: E402
 
 DTYPES = {"bf16": jnp.bfloat16, "f32": jnp.float32, "f16": jnp.float16}
 

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bertgpt_jax import allocator
-from bertgpt_jax.config import load_config
+from bertgpt_jax.core.config import SHIPPED_CONFIGS, load_config
 from bertgpt_jax.data.embedded import prepare_default
+from bertgpt_jax.perf import allocator
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = SHIPPED_CONFIGS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,8 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = prepare_default(workdir / "data", vocab_size=1024)
     print(f"prepared store: {store}")
 
-    from bertgpt_jax.export import export
-    from bertgpt_jax.train import train_and_evaluate
+    from bertgpt_jax.pretrained.export import export
+    from bertgpt_jax.training.loop import train_and_evaluate
 
     results = {}
     for family, config_name in (("bert", "bert_tiny"), ("gpt", "gpt_tiny")):

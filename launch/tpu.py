@@ -40,7 +40,8 @@ from launch.supervisor import Job, Supervisor
 def _final_step(config: str, overrides: Sequence[str]) -> int:
     """Validates the config here, before renting anything; returns train.steps."""
     try:
-        from bertgpt_jax.config import ConfigError, load_config
+        from bertgpt_jax.core.config import load_config
+        from bertgpt_jax.core.errors import ConfigError
     except ImportError as err:
         raise LaunchError(
             "install this package here too (pip install -e .): the launcher checks the config."

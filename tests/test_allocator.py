@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bertgpt_jax import allocator
+from bertgpt_jax.perf import allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 

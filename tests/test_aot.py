@@ -12,10 +12,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from bertgpt_jax.aot import format_report, parse_topology
-from bertgpt_jax.config import ConfigError, load_config
-from bertgpt_jax.sharding import make_mesh
-from bertgpt_jax.train_step import Trainer
+from bertgpt_jax.core.config import load_config
+from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.perf.aot import format_report, parse_topology
+from bertgpt_jax.training.step import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,12 +12,14 @@ import jax
 import numpy as np
 import pytest
 
-from bertgpt_jax.checkpoint import CHECKPOINTS, SET_ASIDE, Checkpointer, CheckpointError
-from bertgpt_jax.config import MeshConfig, load_config
-from bertgpt_jax.sharding import make_mesh
-from bertgpt_jax.synthetic import synthetic_batch
-from bertgpt_jax.train import _trim_metrics
-from bertgpt_jax.train_step import Trainer
+from bertgpt_jax.core.config import MeshConfig, load_config
+from bertgpt_jax.core.errors import CheckpointError
+from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.pretrained.workdir import CHECKPOINTS
+from bertgpt_jax.tasks import synthetic_batch
+from bertgpt_jax.training.checkpoint import SET_ASIDE, Checkpointer
+from bertgpt_jax.training.loop import _trim_metrics
+from bertgpt_jax.training.step import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["train.batch_size=8", "data.seq_len=32", "checkpoint.async_save=false"]

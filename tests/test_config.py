@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bertgpt_jax.config import ConfigError, load_config
+from bertgpt_jax.core.config import load_config
+from bertgpt_jax.core.errors import ConfigError
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 

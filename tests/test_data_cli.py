@@ -7,7 +7,8 @@ import json
 
 from test_data_shared import default_store, write_bert_file
 
-from bertgpt_jax.data import cli
+from bertgpt_jax import cli
+from bertgpt_jax.cli import data as data_commands
 from bertgpt_jax.data.store import open_store
 from bertgpt_jax.data.tokenizer import load_tokenizer
 
@@ -20,7 +21,7 @@ def _run(capsys, *argv):
 
 def test_register_adds_three_subcommands_with_handlers():
     parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
+    data_commands.register(parser.add_subparsers(dest="command"))
     for argv in (
         ["tokenizer", "--input", "x", "--vocab-size", "8", "--output", "o"],
         ["prepare", "--input", "x", "--tokenizer", "t", "--output", "o"],

@@ -10,7 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 from test_data_shared import default_tokenizer, workdir, write_bert_file
 
-from bertgpt_jax.data import DataError, cli
+from bertgpt_jax import cli
+from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data.corpus import DocumentSource, build_local_tfds, parse_tfds_spec
 from bertgpt_jax.data.sources import TextOptions, read_documents, split_sentences
 from bertgpt_jax.data.store import open_store, prepare_store

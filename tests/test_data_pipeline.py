@@ -15,7 +15,8 @@ from test_data_shared import (
     workdir,
 )
 
-from bertgpt_jax.data import DataError, host_batches, validation_batches
+from bertgpt_jax.core.errors import DataError
+from bertgpt_jax.data import host_batches, validation_batches
 from bertgpt_jax.data.pipeline import BatchSource, _prefetch
 from bertgpt_jax.data.sampling import epoch_order, example_uniforms
 from bertgpt_jax.data.tokenizer import train_tokenizer

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bertgpt_jax.config import Config, config_from_dict
+from bertgpt_jax.core.config import Config, config_from_dict
 from bertgpt_jax.data.embedded import prepare_default, write_default_corpus
 from bertgpt_jax.data.store import MANIFEST, open_store, prepare_store
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from test_data_shared import default_tokenizer, write_bert_file
 
-from bertgpt_jax.data import DataError, store
+from bertgpt_jax.core.errors import DataError
+from bertgpt_jax.data import store
 from bertgpt_jax.data.sources import TextOptions
 from bertgpt_jax.data.store import MANIFEST, open_store, prepare_store
 from bertgpt_jax.data.tokenizer import UNK_ID, load_tokenizer

@@ -9,7 +9,7 @@ import pytest
 import sentencepiece as spm
 from test_data_shared import default_store, default_tokenizer
 
-from bertgpt_jax.data import DataError
+from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerIdentity,

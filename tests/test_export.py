@@ -17,14 +17,17 @@ from safetensors import safe_open
 from test_data_shared import default_store
 from transformers import AutoTokenizer, BertForPreTraining, GPT2LMHeadModel
 
-from bertgpt_jax import hf_files, load_pretrained
-from bertgpt_jax.checkpoint import Checkpointer, CheckpointError, restore_params
+from bertgpt_jax import load_pretrained
 from bertgpt_jax.cli import main
-from bertgpt_jax.config import load_config
-from bertgpt_jax.export import export
-from bertgpt_jax.sharding import make_mesh
-from bertgpt_jax.train import _copy_tokenizer, state_from_hf, train_and_evaluate
-from bertgpt_jax.train_step import Trainer
+from bertgpt_jax.core.config import load_config
+from bertgpt_jax.core.errors import CheckpointError
+from bertgpt_jax.hf import files as hf_files
+from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.pretrained.export import export
+from bertgpt_jax.pretrained.workdir import restore_params
+from bertgpt_jax.training.checkpoint import Checkpointer
+from bertgpt_jax.training.loop import _copy_tokenizer, state_from_hf, train_and_evaluate
+from bertgpt_jax.training.step import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-4  # max abs logit error, fp32
@@ -209,12 +212,12 @@ def test_training_starts_from_an_hf_directory(exported, tmp_path):
 @pytest.mark.parametrize("model_type,byte_fallback", [("bpe", False), ("unigram", True)])
 def test_other_sentencepiece_models_convert(tmp_path, model_type, byte_fallback):
     from bertgpt_jax.data.tokenizer import train_tokenizer
-    from bertgpt_jax.hf_tokenizer import SAMPLE, build_tokenizer
+    from bertgpt_jax.hf.tokenizer import SAMPLE, build_tokenizer
 
     lines = _corpus_lines()
     model = train_tokenizer(lines[:3000], tmp_path, 400, model_type=model_type,
                             byte_fallback=byte_fallback).model_path  # fmt: skip
-    tok, sp = build_tokenizer(model, "gpt"), spm.SentencePieceProcessor(model_file=str(model))
+    tok, sp = build_tokenizer(model, False), spm.SentencePieceProcessor(model_file=str(model))
     texts = [*lines[3000:], *SAMPLE.splitlines(), "emoji 😀 and 中文字符 ☃"]
     differ = [t for t in texts if sp.Encode(t) != tok.encode(t, add_special_tokens=False).ids]
     assert len(differ) <= len(texts) // 1000, differ[:3]  # only Unigram ties may differ

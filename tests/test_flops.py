@@ -9,12 +9,12 @@ from pathlib import Path
 import jax
 import pytest
 
-from bertgpt_jax import hlo
-from bertgpt_jax.config import load_config
-from bertgpt_jax.metrics import flops_per_step
-from bertgpt_jax.sharding import make_mesh
-from bertgpt_jax.synthetic import synthetic_batch
-from bertgpt_jax.train_step import Trainer
+from bertgpt_jax.core.config import load_config
+from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.perf import hlo
+from bertgpt_jax.tasks import synthetic_batch
+from bertgpt_jax.training.metrics import flops_per_step
+from bertgpt_jax.training.step import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,11 +17,14 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from transformers import BertConfig, BertForPreTraining, GPT2Config, GPT2LMHeadModel
 
-from bertgpt_jax import hf, hf_files, load_pretrained
-from bertgpt_jax.config import ConfigError, ModelConfig, load_config
-from bertgpt_jax.hf_config import hf_config_from_model, model_config_from_hf
-from bertgpt_jax.inference import PretrainedModel
-from bertgpt_jax.model import build_model
+from bertgpt_jax import load_pretrained
+from bertgpt_jax.core.config import ModelConfig, load_config
+from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.hf import files as hf_files
+from bertgpt_jax.hf import weights as hf
+from bertgpt_jax.hf.config import hf_config_from_model, model_config_from_hf
+from bertgpt_jax.pretrained.load import PretrainedModel
+from bertgpt_jax.tasks import build_model
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TOL = 1e-4  # max abs logit error in fp32; measured 0.6e-6 to 9e-6 with logits up to ~7

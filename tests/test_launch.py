@@ -363,8 +363,8 @@ def test_two_processes_of_four_devices_match_one_of_eight(tmp_path):
 
 
 def test_distributed_detection(monkeypatch):
-    from bertgpt_jax import distributed
-    from bertgpt_jax.config import ConfigError
+    from bertgpt_jax.core.errors import ConfigError
+    from bertgpt_jax.parallel import distributed
 
     for name in ("BERTGPT_DISTRIBUTED", "SLURM_NTASKS", "SLURM_STEP_NODELIST",
                  "TPU_WORKER_HOSTNAMES", "BERTGPT_COORDINATOR"):  # fmt: skip

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bertgpt_jax import hlo, losses
-from bertgpt_jax.config import ModelConfig, load_config
-from bertgpt_jax.model import Bert, Gpt, build_model, layers
-from bertgpt_jax.model.layers import matmul
+from bertgpt_jax.core.config import ModelConfig, load_config
+from bertgpt_jax.model import Bert, Gpt
+from bertgpt_jax.ops import gelu
+from bertgpt_jax.ops.matmul import _BACKWARD, matmul
+from bertgpt_jax.perf import hlo
+from bertgpt_jax.tasks import build_model, losses
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Same math in another order (scan vs loop, another sequence length): float32 rounding only.
@@ -78,16 +80,16 @@ def test_bert_padding_does_not_change_real_tokens(bert):
     ids = _ids((1, n), bert.config.vocab_size, seed=2)
     types = (jnp.arange(n) >= 8).astype(jnp.int32)[None]
     run = _jit(bert)
-    alone = run(ids, types)
+    alone = run(ids, token_type_ids=types)
     for seed in (3, 4):  # two different junk paddings
         junk = _ids((1, length - n), bert.config.vocab_size, seed=seed)
         padded_ids = jnp.concatenate([ids, junk], axis=1)
         padded_types = jnp.concatenate([types, jnp.ones_like(junk)], axis=1)
         segments = (jnp.arange(length) < n).astype(jnp.int32)[None]  # 0 = padding
-        out = run(padded_ids, padded_types, segment_ids=segments)
+        out = run(padded_ids, token_type_ids=padded_types, segment_ids=segments)
         assert _max_diff(out["mlm_logits"][:, :n], alone["mlm_logits"]) <= REORDER_TOL
         assert _max_diff(out["nsp_logits"], alone["nsp_logits"]) <= REORDER_TOL
-    unmasked = run(padded_ids, padded_types)  # pads without segment ids do leak in
+    unmasked = run(padded_ids, token_type_ids=padded_types)  # pads without segment ids do leak in
     assert _max_diff(unmasked["mlm_logits"][:, :n], alone["mlm_logits"]) > 1e-3
 
 
@@ -242,7 +244,7 @@ def test_every_config_builds(path):
         m = nnx.merge(graphdef, state)
         if isinstance(m, Bert):
             positions = jnp.zeros((batch, config.data.max_predictions_per_seq), jnp.int32)
-            return m(ids, jnp.zeros_like(ids), mlm_positions=positions)
+            return m(ids, token_type_ids=jnp.zeros_like(ids), mlm_positions=positions)
         return m(ids)
 
     out = jax.eval_shape(forward, state, ids)
@@ -256,8 +258,8 @@ def test_every_config_builds(path):
 
 
 def test_cross_entropy_gradient_matches_autodiff_of_log_softmax():
-    """losses.py writes the backward out (softmax - onehot); it must equal JAX's autodiff."""
-    from bertgpt_jax.losses import causal_lm_loss
+    """ops/cross_entropy.py writes the backward out (softmax - onehot); it must equal JAX's autodiff."""
+    from bertgpt_jax.tasks.losses import causal_lm_loss
 
     logits = jax.random.normal(jax.random.key(0), (4, 7, 50)) * 3
     labels = jax.random.randint(jax.random.key(1), (4, 7), 0, 50)
@@ -312,7 +314,7 @@ def test_tied_lm_loss_equals_projection_then_cross_entropy(dtype):
 
 def test_backward_without_cpu_layout_barriers_is_the_same(gpt, monkeypatch):
     """On TPU/GPU the written-out bf16 backward leaves its transposes to the compiler (no
-    optimization barrier, see layers.cpu_layout_barrier). Traced as if for such a backend (XLA:CPU
+    optimization barrier, see ops.matmul.cpu_layout_barrier). Traced as if for such a backend (XLA:CPU
     then runs those matmuls in float32 on the same bf16 inputs), the gradients are the same."""
     bf16 = _same_params(dataclasses.replace(gpt.config, dtype="bfloat16"), gpt)
     ids = _ids((2, 17), gpt.config.vocab_size, seed=14)
@@ -341,9 +343,9 @@ def test_backward_without_cpu_layout_barriers_is_the_same(gpt, monkeypatch):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(on_cpu)) > 1e-3
 
 
-@pytest.mark.parametrize("eq", sorted(layers._BACKWARD))
+@pytest.mark.parametrize("eq", sorted(_BACKWARD))
 def test_written_out_backward_equals_autodiff(eq):
-    """Each forward contraction's written-out bf16 backward (layers._BACKWARD) gives the gradients
+    """Each forward contraction's written-out bf16 backward (ops.matmul._BACKWARD) gives the gradients
     of float32 autodiff on the same inputs. Inputs and cotangent are small integers, exact in
     bf16, so the two differ only in float32 summation order."""
     sizes = dict(zip("bhqskxzndv", (2, 3, 4, 5, 6, 7, 5, 3, 4, 9), strict=True))
@@ -391,7 +393,7 @@ def test_gelu_backward_equals_autodiff(name):
     gradient of the same function, jax.nn.gelu in the exact or the tanh form."""
     x = jnp.linspace(-8.0, 8.0, 20001, dtype=jnp.float32)
     reference = functools.partial(jax.nn.gelu, approximate=name == "gelu_tanh")
-    np.testing.assert_allclose(layers.activation(name, x), reference(x), rtol=0, atol=2e-6)
-    ours = jax.vmap(jax.grad(lambda v: layers.activation(name, v)))(x)
+    np.testing.assert_allclose(gelu.activation(name, x), reference(x), rtol=0, atol=2e-6)
+    ours = jax.vmap(jax.grad(lambda v: gelu.activation(name, v)))(x)
     want = jax.vmap(jax.grad(reference))(x)
     np.testing.assert_allclose(ours, want, rtol=0, atol=2e-6)

@@ -11,8 +11,13 @@ import numpy as np
 import optax
 import pytest
 
-from bertgpt_jax.config import TrainConfig
-from bertgpt_jax.optim import FusedAdamW, decay_mask, learning_rate_schedule, make_optimizer
+from bertgpt_jax.core.config import TrainConfig
+from bertgpt_jax.training.optim import (
+    FusedAdamW,
+    decay_mask,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
 
 def _params() -> dict:

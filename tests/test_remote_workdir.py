@@ -28,11 +28,13 @@ from orbax.checkpoint._src.serialization import tensorstore_utils
 from safetensors.numpy import load_file
 from test_data_shared import default_store
 
-from bertgpt_jax import cli, fs, hf_files, load_pretrained
-from bertgpt_jax.config import load_config
+from bertgpt_jax import cli, load_pretrained
+from bertgpt_jax.core import fs
+from bertgpt_jax.core.config import load_config
 from bertgpt_jax.data.store import open_store
-from bertgpt_jax.export import export
-from bertgpt_jax.train import state_from_hf, train_and_evaluate
+from bertgpt_jax.hf import files as hf_files
+from bertgpt_jax.pretrained.export import export
+from bertgpt_jax.training.loop import state_from_hf, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -260,10 +262,10 @@ def test_a_failed_metrics_upload_is_retried_and_never_hides_an_error(bucket, mon
         return write_bytes(self, data)
 
     monkeypatch.setattr(type(remote), "write_bytes", flaky)
-    caplog.set_level(logging.WARNING, logger="bertgpt_jax.fs")
+    caplog.set_level(logging.WARNING, logger="bertgpt_jax.core.fs")
 
     def logged() -> list[str]:
-        return [r.levelname for r in caplog.records if r.name == "bertgpt_jax.fs"]
+        return [r.levelname for r in caplog.records if r.name == "bertgpt_jax.core.fs"]
 
     mirror = fs.Mirror(remote, every_s=0.0)
     (mirror.local / "metrics.jsonl").write_text('{"step": 1}\n')

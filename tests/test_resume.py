@@ -20,8 +20,8 @@ import pytest
 from safetensors.numpy import load_file
 from test_data_shared import default_store
 
-from bertgpt_jax.checkpoint import CHECKPOINTS
-from bertgpt_jax.export import export
+from bertgpt_jax.pretrained.export import export
+from bertgpt_jax.pretrained.workdir import CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 24

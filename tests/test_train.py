@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from bertgpt_jax.config import MeshConfig, load_config
-from bertgpt_jax.sharding import make_mesh
-from bertgpt_jax.synthetic import synthetic_batch
-from bertgpt_jax.train_step import Trainer
+from bertgpt_jax.core.config import MeshConfig, load_config
+from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.tasks import synthetic_batch
+from bertgpt_jax.training.step import Trainer
 
 NO_DROPOUT = ["model.dropout_rate=0.0", "model.attention_dropout_rate=0.0"]
 

@@ -12,7 +12,7 @@ The command-line side (`bertgpt tokenizer | prepare | data-bench`) lives in cli.
 corpus in embedded.py.
 """
 
-from bertgpt_jax.data.errors import DataError
+from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data.pipeline import BatchSource, host_batches, validation_batches
 
 __all__ = ["BatchSource", "DataError", "host_batches", "validation_batches"]

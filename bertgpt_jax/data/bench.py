@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bertgpt_jax.config import config_from_dict
+from bertgpt_jax.core.config import config_from_dict
 from bertgpt_jax.data.pipeline import BatchSource
 from bertgpt_jax.data.store import open_store
 

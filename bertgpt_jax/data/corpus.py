@@ -32,7 +32,7 @@ from typing import Any, Literal
 import tensorflow_datasets as tfds
 from etils import epath
 
-from bertgpt_jax.data.errors import DataError
+from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data.sources import TextOptions, read_documents, split_sentences
 
 LOCAL_DATASET = "bertgpt_local_text"

@@ -22,16 +22,14 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from bertgpt_jax.config import Config
-from bertgpt_jax.data.bert_examples import BertExampleBuilder
-from bertgpt_jax.data.errors import DataError
-from bertgpt_jax.data.gpt_examples import GptExampleBuilder
+from bertgpt_jax.core.config import Config
+from bertgpt_jax.core.errors import DataError
+from bertgpt_jax.data.pretrain import EXAMPLE_BUILDERS
 from bertgpt_jax.data.sampling import epoch_order, example_uniforms
 from bertgpt_jax.data.store import Store, open_store
 from bertgpt_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 Batch = dict[str, np.ndarray]
-_STREAMS = {"bert": 1, "gpt": 2}  # Philox key word per family, so they never share draws
 
 
 def _checked_tokenizer(store: Store, config: Config) -> Tokenizer:
@@ -80,15 +78,10 @@ class BatchSource:
         store = open_store(config.data.path)
         tokenizer = _checked_tokenizer(store, config)
         arrays = store.split(split)
-        self.family = config.model.family
-        self.builder: BertExampleBuilder | GptExampleBuilder
-        if self.family == "bert":
-            word_starts = tokenizer.word_start_table() if config.data.whole_word_masking else None
-            self.builder = BertExampleBuilder(
-                arrays, config.data, tokenizer.vocab_size, word_starts
-            )
-        else:
-            self.builder = GptExampleBuilder(arrays, config.data)
+        if config.task.name not in EXAMPLE_BUILDERS:
+            raise DataError(f"task.name={config.task.name} reads no prepared store.")
+        self.stream, make_builder = EXAMPLE_BUILDERS[config.task.name]
+        self.builder = make_builder(config, arrays, tokenizer)
         self.seed = config.data.seed
         self.global_batch = batch_size
         self.rows = batch_size // process_count
@@ -110,11 +103,10 @@ class BatchSource:
             example[at] = epoch_order(self.seed, int(e), n, position[at])
         uniforms = None
         if self.builder.num_uniforms:
-            stream = _STREAMS[self.family]
             uniforms = example_uniforms(
-                self.seed, stream, epoch, position, self.builder.num_uniforms
+                self.seed, self.stream, epoch, position, self.builder.num_uniforms
             )
-        return self.builder.build(example, uniforms)  # type: ignore[arg-type]
+        return self.builder.build(example, uniforms)
 
 
 def _prefetch(make: Callable[[int], Batch], steps: Iterable[int], depth: int) -> Iterator[Batch]:

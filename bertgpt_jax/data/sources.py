@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from bertgpt_jax.data.errors import DataError
+from bertgpt_jax.core.errors import DataError
 
 TextFormat = Literal["bert", "documents", "jsonl"]
 FORMATS: tuple[str, ...] = ("bert", "documents", "jsonl")

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from bertgpt_jax import fs
+from bertgpt_jax.core import fs
+from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data import corpus, sources
-from bertgpt_jax.data.errors import DataError
 from bertgpt_jax.data.tokenizer import (
     INFO_FILE,
     MODEL_FILE,

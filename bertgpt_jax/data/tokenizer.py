@@ -27,9 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
-from bertgpt_jax import fs
-from bertgpt_jax.data.errors import DataError
+from bertgpt_jax.core import fs
+from bertgpt_jax.core.errors import DataError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, EOT_ID = 0, 1, 2, 3, 4, 5
 SPECIAL_TOKENS: dict[str, int] = {
@@ -45,6 +46,12 @@ MODEL_FILE = "tokenizer.model"
 INFO_FILE = "tokenizer.json"
 # SentencePiece marks the start of a word with this meta symbol (U+2581).
 WORD_START = "\u2581"
+
+
+def model_sha256(model: bytes | Path | epath.Path) -> str:
+    """The digest that identifies a tokenizer model file (given as its bytes or its path)."""
+    data = model if isinstance(model, bytes) else model.read_bytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +93,7 @@ class Tokenizer:
                 "or a directory written by `bertgpt tokenizer`."
             ) from err
         _check_special_ids(self.processor, self.model_path)
-        self.identity = TokenizerIdentity(hashlib.sha256(data).hexdigest(), self.vocab_size)
+        self.identity = TokenizerIdentity(model_sha256(data), self.vocab_size)
 
     @property
     def vocab_size(self) -> int:
@@ -142,14 +149,10 @@ def _write_dir(output_dir: Path, model: bytes, info: dict[str, Any]) -> Tokenize
     """Writes the model, then tokenizer.json last, each through a rename, so a crash never leaves
     a directory whose tokenizer.json describes a model that is not there."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".{MODEL_FILE}.tmp-{os.getpid()}"
-    tmp.write_bytes(model)
-    os.replace(tmp, output_dir / MODEL_FILE)
+    fs.atomic_write(output_dir / MODEL_FILE, lambda tmp: tmp.write_bytes(model))
     tokenizer = Tokenizer(output_dir / MODEL_FILE)
-    info = {**info, "identity": tokenizer.identity.to_json()}
-    tmp = output_dir / f".{INFO_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, output_dir / INFO_FILE)
+    text = json.dumps({**info, "identity": tokenizer.identity.to_json()}, indent=2) + "\n"
+    fs.atomic_write(output_dir / INFO_FILE, lambda tmp: tmp.write_text(text))
     return tokenizer
 
 

@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bertgpt_jax import sharding as sh
-from bertgpt_jax.config import ModelConfig
-from bertgpt_jax.model.layers import Dense, LayerNorm, activation, param
+from bertgpt_jax.core.config import ModelConfig
+from bertgpt_jax.model.layers import Dense, LayerNorm, param
 from bertgpt_jax.model.transformer import Transformer
+from bertgpt_jax.ops.gelu import activation
+from bertgpt_jax.parallel import sharding as sh
 
 Array = jax.Array
 
@@ -38,8 +39,6 @@ class MaskedLmHead(nnx.Module):
 
 class Bert(nnx.Module):
     def __init__(self, config: ModelConfig, key: Array):
-        if config.family != "bert":
-            raise ValueError(f"Bert needs model.family=bert, got {config.family!r}")
         k_core, k_mlm, k_pool, k_nsp = jax.random.split(key, 4)
         d = config.hidden_size
         self.config = config
@@ -51,12 +50,19 @@ class Bert(nnx.Module):
     def encode(
         self,
         input_ids: Array,
+        *,
         token_type_ids: Array | None = None,
         segment_ids: Array | None = None,
         positions: Array | None = None,
         key: Array | None = None,
     ) -> Array:
-        return self.core(input_ids, positions, segment_ids, token_type_ids, key)
+        return self.core(
+            input_ids,
+            positions=positions,
+            segment_ids=segment_ids,
+            token_type_ids=token_type_ids,
+            key=key,
+        )
 
     def heads(self, hidden: Array, mlm_positions: Array | None) -> dict[str, Array]:
         """hidden [B, L, D]; mlm_positions [B, P] or None for logits at every position."""
@@ -73,10 +79,13 @@ class Bert(nnx.Module):
     def __call__(
         self,
         input_ids: Array,
+        *,
         token_type_ids: Array | None = None,
         segment_ids: Array | None = None,
         mlm_positions: Array | None = None,
         key: Array | None = None,
     ) -> dict[str, Array]:
-        hidden = self.encode(input_ids, token_type_ids, segment_ids, key=key)
+        hidden = self.encode(
+            input_ids, token_type_ids=token_type_ids, segment_ids=segment_ids, key=key
+        )
         return self.heads(hidden, mlm_positions)

@@ -1,24 +1,25 @@
 """Building blocks of the shared core: parameters, dense layers, LayerNorm, embeddings,
 multi-head attention (through `jax.nn.dot_product_attention`), the MLP, dropout and masks.
 
-Every parameter carries its logical axis names (`out_sharding` metadata, see sharding.py) and
-is created in float32. Matmul inputs are cast to the configured compute dtype and accumulate in
-float32 (`preferred_element_type`); LayerNorm and softmax run in float32. Dropout is explicit:
-each call takes a PRNG key, or None for deterministic evaluation.
+Every parameter carries its logical axis names (`out_sharding` metadata, see
+parallel/sharding.py) and is created in float32. Matmul inputs are cast to the configured
+compute dtype and accumulate in float32 (`preferred_element_type`); LayerNorm and softmax run in
+float32. Dropout is explicit: each call takes a PRNG key, or None for deterministic evaluation.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bertgpt_jax import sharding as sh
-from bertgpt_jax.config import ModelConfig
+from bertgpt_jax.core.config import ModelConfig
+from bertgpt_jax.ops.dropout import dropout
+from bertgpt_jax.ops.gelu import activation
+from bertgpt_jax.ops.matmul import matmul
+from bertgpt_jax.parallel import sharding as sh
 
 Array = jax.Array
 
@@ -32,122 +33,6 @@ def param(key: Array, shape: Sequence[int], axes: Sequence[str | None], std: flo
     else:
         value = jnp.ones(tuple(shape), jnp.float32)
     return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
-
-
-def _fmix32(x: Array) -> Array:
-    """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit into every
-    output bit."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def dropout(x: Array, rate: float, key: Array | None) -> Array:
-    """Inverted dropout. The keep mask is a counter-based hash of each element's index under
-    two 32-bit words drawn from `key` (two keyed finaliser rounds, in the spirit of Philox):
-    a few integer ops per element that XLA fuses into the select, where jax.random.bernoulli's
-    threefry was the largest non-matmul cost of a CPU training step. Being a function of the
-    global index, the mask does not depend on how the array is sharded."""
-    if key is None or rate == 0.0:
-        return x
-    k = jax.random.bits(key, (2,), jnp.uint32)
-    index = jax.lax.broadcasted_iota(jnp.uint32, x.shape, 0)
-    for dim in range(1, x.ndim):
-        index = index * jnp.uint32(x.shape[dim]) + jax.lax.broadcasted_iota(
-            jnp.uint32, x.shape, dim
-        )
-    bits = _fmix32(_fmix32(index + k[0]) ^ k[1])
-    keep = bits >= jnp.uint32(round(rate * 2**32))
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
-def split_key(key: Array | None, n: int) -> list[Array | None]:
-    return [None] * n if key is None else list(jax.random.split(key, n))
-
-
-def matmul(eq: str, x: Array, w: Array, dtype: jnp.dtype) -> Array:
-    """einsum with inputs in the compute dtype and a float32 result.
-
-    In float32 this is a plain einsum. In a narrower dtype the backward pass is written out
-    (`_low_precision_einsum`): JAX's own transpose would multiply the float32 cotangent with the
-    bfloat16 operand, which XLA runs as a float32 matmul; here both backward matmuls take
-    bfloat16 inputs and accumulate in float32, like the forward one (about 2x faster on CPUs
-    with AVX-512 BF16, and the rule on TPU and GPU), and the residuals are stored in bfloat16.
-    """
-    if jnp.dtype(dtype) == jnp.float32:
-        return jnp.einsum(eq, x, w, preferred_element_type=jnp.float32)
-    return _low_precision_einsum(eq, jnp.dtype(dtype).name, x, w)
-
-
-def _einsum_f32(eq: str, a: Array, b: Array) -> Array:
-    return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32)
-
-
-def cpu_layout_barrier(x: Array) -> Array:
-    """`x`, kept by XLA:CPU in the layout it was computed in. XLA:CPU runs a bf16 matmul whose
-    operand it has to transpose in float32 (it converts both inputs), so the written-out
-    backward materialises its transposes and this barrier keeps XLA from folding them back into
-    the matmul. TPU and GPU compilers fold transposes into their matmuls for free, so there it
-    is the identity: a materialised copy would only cost memory (bert_base on v5p:2x2x1, 1 GiB
-    of temporaries per chip). The backend is the one tracing, so `bertgpt compile` on a CPU
-    host reports TPU memory with the barriers in: on the safe side."""
-    if jax.default_backend() != "cpu":
-        return x
-    return jax.lax.optimization_barrier(x)
-
-
-def swap_last(a: Array) -> Array:
-    """a with its last two axes swapped, materialised in row-major order on CPU (see
-    `cpu_layout_barrier`)."""
-    *lead, m, n = a.shape
-    flat = cpu_layout_barrier(jnp.swapaxes(a, -1, -2).reshape(-1))
-    return flat.reshape(*lead, n, m)
-
-
-# Backward of each forward contraction "X,W->Y" as (dX, dW): an einsum and its two operands
-# ("g" the cotangent of Y, "x"/"w" the saved inputs, "T" the materialised swap), all in
-# layouts whose matmuls XLA:CPU runs in bf16.
-_BACKWARD = {
-    # dense: Y[x,n] = X[x,z] W[z,n]
-    "xz,zn->xn": (("xn,zn->xz", "g", "w"), ("zx,xn->zn", "Tx", "g")),
-    # tied output head: Y[x,v] = X[x,d] E[v,d]
-    "xd,vd->xv": (("xv,vd->xd", "g", "w"), ("vx,xd->vd", "Tg", "x")),
-    # attention scores: S[b,h,q,s] = Q[b,q,h,k] K[b,s,h,k]
-    "bqhk,bshk->bhqs": (("bhqs,bshk->bqhk", "g", "w"), ("bhqs,bqhk->bshk", "g", "x")),
-    # attention context: O[b,q,h,k] = P[b,h,q,s] V[b,s,h,k]
-    "bhqs,bshk->bqhk": (("bqhk,bshk->bhqs", "g", "w"), ("bhqs,bqhk->bshk", "x", "g")),
-}
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _low_precision_einsum(eq: str, dtype: str, x: Array, w: Array) -> Array:
-    return _einsum_f32(eq, x.astype(dtype), w.astype(dtype))
-
-
-def _low_precision_fwd(eq: str, dtype: str, x: Array, w: Array) -> tuple[Array, tuple]:
-    if eq not in _BACKWARD:
-        raise ValueError(f"no low-precision backward for einsum {eq!r}; add it to _BACKWARD")
-    xc, wc = x.astype(dtype), w.astype(dtype)
-    # Zero-size markers carry the input dtypes (residuals must be arrays).
-    return _einsum_f32(eq, xc, wc), (xc, wc, jnp.zeros(0, x.dtype), jnp.zeros(0, w.dtype))
-
-
-def _low_precision_bwd(eq: str, dtype: str, res: tuple, g: Array) -> tuple[Array, Array]:
-    xc, wc, x_marker, w_marker = res
-    operands = {"x": xc, "w": wc, "g": g.astype(dtype)}
-
-    def operand(name: str) -> Array:
-        return swap_last(operands[name[1]]) if name.startswith("T") else operands[name]
-
-    (eq_dx, a_dx, b_dx), (eq_dw, a_dw, b_dw) = _BACKWARD[eq]
-    dx = _einsum_f32(eq_dx, operand(a_dx), operand(b_dx))
-    dw = _einsum_f32(eq_dw, operand(a_dw), operand(b_dw))
-    return dx.astype(x_marker.dtype), dw.astype(w_marker.dtype)
-
-
-_low_precision_einsum.defvjp(_low_precision_fwd, _low_precision_bwd)
 
 
 class Dense(nnx.Module):
@@ -186,43 +71,6 @@ class LayerNorm(nnx.Module):
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
         return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
-
-
-def activation(name: str, x: Array) -> Array:
-    # BERT uses the exact erf GELU; GPT-2 the tanh approximation ("gelu_new").
-    return _gelu(name == "gelu_tanh", x)
-
-
-_SQRT_2_OVER_PI = (2 / math.pi) ** 0.5
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gelu(tanh: bool, x: Array) -> Array:
-    """GELU with a backward that keeps only its input: autodiff saves several float32
-    intermediates of the activation's size ([B, L, F], the largest per layer), which a scanned
-    layer stack copies into its loop buffers. The exact form is written with erf, as BERT and
-    transformers define it (jax.nn.gelu(approximate=False) uses erfc, half as fast on XLA:CPU;
-    max error 1e-6 against float64 either way)."""
-    if tanh:
-        return 0.5 * x * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1.0 + jax.lax.erf(x * 2**-0.5))
-
-
-def _gelu_fwd(tanh: bool, x: Array) -> tuple[Array, Array]:
-    return _gelu(tanh, x), x
-
-
-def _gelu_bwd(tanh: bool, x: Array, g: Array) -> tuple[Array]:
-    if tanh:
-        t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
-        du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
-        return (g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),)
-    cdf = 0.5 * (1.0 + jax.lax.erf(x * 2**-0.5))
-    pdf = jnp.exp(-0.5 * x * x) * (2 * math.pi) ** -0.5
-    return (g * (cdf + x * pdf),)
-
-
-_gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def _lookup(table: Array, ids: Array) -> Array:

@@ -15,17 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bertgpt_jax import sharding as sh
-from bertgpt_jax.config import ModelConfig
-from bertgpt_jax.model.layers import (
-    Attention,
-    Embeddings,
-    LayerNorm,
-    Mlp,
-    attention_mask,
-    dropout,
-    split_key,
-)
+from bertgpt_jax.core.config import ModelConfig
+from bertgpt_jax.model.layers import Attention, Embeddings, LayerNorm, Mlp, attention_mask
+from bertgpt_jax.ops.dropout import dropout, split_key
+from bertgpt_jax.ops.unstack import is_tuple, unstack_layers
+from bertgpt_jax.parallel import sharding as sh
 
 Array = jax.Array
 
@@ -97,6 +91,7 @@ class Transformer(nnx.Module):
     def __call__(
         self,
         input_ids: Array,
+        *,
         positions: Array | None = None,
         segment_ids: Array | None = None,
         token_type_ids: Array | None = None,
@@ -134,31 +129,8 @@ class Transformer(nnx.Module):
         if self.config.scan_layers:
             x, _ = jax.lax.scan(body, x, (state, keys))
             return x
-        per_layer = jax.tree.map(_unstack, state)  # leaves become n-tuples
+        per_layer = jax.tree.map(unstack_layers, state)  # leaves become n-tuples
         for i in range(n):
-            layer = jax.tree.map(lambda t, i=i: t[i], per_layer, is_leaf=_is_tuple)
+            layer = jax.tree.map(lambda t, i=i: t[i], per_layer, is_leaf=is_tuple)
             x, _ = body(x, (layer, None if keys is None else keys[i]))
         return x
-
-
-def _is_tuple(x: Any) -> bool:
-    return isinstance(x, tuple)
-
-
-@jax.custom_vjp
-def _unstack(a: Array) -> tuple[Array, ...]:
-    """The layers of a stacked parameter, for the unrolled loop. Its backward stacks the layer
-    gradients (one concatenation); indexing `a[i]` instead sums num_layers zero-padded copies
-    (XLA:CPU: a pass that reads every layer's gradient for each output element)."""
-    return tuple(a[i] for i in range(a.shape[0]))
-
-
-def _unstack_fwd(a: Array) -> tuple[tuple[Array, ...], None]:
-    return _unstack(a), None
-
-
-def _unstack_bwd(_: None, grads: tuple[Array, ...]) -> tuple[Array]:
-    return (jnp.stack(grads),)
-
-
-_unstack.defvjp(_unstack_fwd, _unstack_bwd)

@@ -1,0 +1,44 @@
+"""The `bertgpt` command: train | eval | export | bench | compile | tokenizer | prepare | ...
+
+One module per command (`COMMANDS`), each with `register(subparsers)` that adds its parser and
+a handler `func(args) -> int`. Every command reads a YAML config plus `section.key=value`
+overrides where it trains or measures; configuration and data mistakes (`ConfigError` and its
+subclasses) are reported in one sentence with exit status 2, before any device work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from bertgpt_jax.cli import aot, bench, data, evaluate, export, train
+from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.perf import allocator
+
+COMMANDS = (train, evaluate, export, bench, aot, data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertgpt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"bertgpt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def entry() -> int:
+    """The `bertgpt` command: re-executes once with tcmalloc preloaded where it is installed
+    (see perf/allocator.py), then runs `main`. Tests call `main` directly and keep their
+    process."""
+    allocator.reexec_with_tcmalloc("bertgpt_jax.cli", sys.argv[1:])
+    return main()

@@ -1,0 +1,28 @@
+"""`bertgpt train --config C --workdir W [--fresh | --step N] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bertgpt_jax.cli.common import add_config_args, add_distributed_args, start
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = start(args)
+    from bertgpt_jax.training.loop import train_and_evaluate
+
+    metrics = train_and_evaluate(config, args.workdir, fresh=args.fresh, restore_step=args.step)
+    if metrics:
+        print(json.dumps({"final": metrics}))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train (or resume) a model in WORKDIR")
+    add_config_args(p)
+    add_distributed_args(p)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--step", type=int, help="resume from this checkpoint step, not the newest")
+    p.set_defaults(func=_run)

@@ -1,0 +1,33 @@
+"""Pretraining example builders, registered by the task that reads them.
+
+A builder turns example ids (and, where it draws, uniforms) into fixed-shape numpy rows; the
+pipeline (data/pipeline.py) decides which ids and uniforms. Each entry also fixes the Philox
+key word of the task's draws, so two tasks never share a stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bertgpt_jax.core.config import Config
+from bertgpt_jax.data.pretrain.bert_examples import BertExampleBuilder
+from bertgpt_jax.data.pretrain.gpt_examples import GptExampleBuilder
+from bertgpt_jax.data.store import StoreSplit
+from bertgpt_jax.data.tokenizer import Tokenizer
+
+
+def _masked_lm(config: Config, split: StoreSplit, tokenizer: Tokenizer) -> BertExampleBuilder:
+    word_starts = tokenizer.word_start_table() if config.data.whole_word_masking else None
+    return BertExampleBuilder(split, config.data, tokenizer.vocab_size, word_starts)
+
+
+def _causal_lm(config: Config, split: StoreSplit, tokenizer: Tokenizer) -> GptExampleBuilder:
+    return GptExampleBuilder(split, config.data)
+
+
+# task name -> (Philox stream word, builder factory)
+EXAMPLE_BUILDERS: dict[str, tuple[int, Callable[[Config, StoreSplit, Tokenizer], Any]]] = {
+    "masked_lm": (1, _masked_lm),
+    "causal_lm": (2, _causal_lm),
+}

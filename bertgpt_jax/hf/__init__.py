@@ -1,0 +1,1 @@
+"""The HuggingFace format: weight-name tables, config.json, model files, tokenizer files."""

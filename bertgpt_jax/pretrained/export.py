@@ -1,0 +1,201 @@
+"""`bertgpt export`: a training workdir's checkpoint -> a HuggingFace model directory.
+
+    bertgpt export --workdir runs/x [--step N] --output hf/x [--dtype float32|bfloat16]
+
+writes config.json and model.safetensors (parameters only: the optimizer state is never read,
+see `pretrained.workdir.restore_params`), the tokenizer as `tokenizer.json` + `tokenizer_config.json`
+(plus the SentencePiece `tokenizer.model` it was converted from), and a README.md model card
+with the training config and final metrics. `transformers.AutoTokenizer.from_pretrained(OUT)`
+then gives our SentencePiece ids, and `BertForPreTraining` / `GPT2LMHeadModel.from_pretrained`
+our logits. Everything is written into a hidden sibling directory that is renamed onto OUT at the
+end, so a failed export leaves nothing behind. OUT may be a gs:// URL: the export is then written
+to a local temporary directory and uploaded file by file, config.json last (an object store has
+no rename; a directory without config.json is not an HF model), and a failed upload deletes what
+it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from etils import epath
+
+from bertgpt_jax.core import fs
+from bertgpt_jax.core.config import Config, config_to_dict
+from bertgpt_jax.core.errors import CheckpointError
+from bertgpt_jax.data.tokenizer import model_sha256
+from bertgpt_jax.hf import files as hf_files
+from bertgpt_jax.hf.tokenizer import hf_special_ids, write_hf_tokenizer
+from bertgpt_jax.pretrained.workdir import TOKENIZER_FILE, restore_params
+from bertgpt_jax.tasks import get_task
+
+
+def find_tokenizer(workdir: epath.Path, config: Config, meta: Mapping[str, Any]) -> epath.Path:
+    """The run's SentencePiece model: the workdir's copy, else the store's; checked against the
+    identity recorded in the checkpoint."""
+    want = (meta.get("tokenizer") or {}).get("model_sha256")
+    places = [workdir / TOKENIZER_FILE]
+    if config.data.path:
+        places.append(epath.Path(config.data.path) / TOKENIZER_FILE)
+    for path in places:
+        if path.is_file() and (want is None or model_sha256(path) == want):
+            return path
+    raise CheckpointError(
+        f"found no tokenizer.model in {workdir} or data.path={config.data.path!r} matching the "
+        "checkpoint's tokenizer; copy the store's tokenizer.model into the workdir."
+    )
+
+
+def _metrics_table(metrics: Mapping[str, Any]) -> str:
+    rows = [f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items()) if isinstance(v, float)]
+    return "\n".join(["| metric | value |", "|---|---|", *rows]) if rows else "(none logged)"
+
+
+def model_card(config: Config, step: int, meta: Mapping[str, Any], dtype: str) -> str:
+    """A short README.md: what the model is, how it was trained, its last metrics."""
+    m, task = config.model, get_task(config)
+    arch = task.hf_architecture
+    data = meta.get("data") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+    changes = meta.get("config_changes") or []
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"tags: [bertgpt-jax, {m.family}, {task.hf_pipeline}]",
+        "---",
+        f"# {arch} trained with bertgpt-jax",
+        "",
+        f"A {m.num_layers}-layer, {m.hidden_size}-wide {m.family.upper()} ({task.description}), "
+        f"exported from step {step} of {config.train.steps} as {dtype}.",
+        "",
+        f"- tokenizer: SentencePiece, {m.vocab_size} ids, sha256 "
+        f"{(meta.get('tokenizer') or {}).get('model_sha256', 'unknown')}",
+        f"- data: {data.get('path', config.data.path or 'unknown')} (fingerprint "
+        f"{data.get('fingerprint', 'unknown')})",
+        f"- mesh: {meta.get('mesh')} on {meta.get('process_count')} process(es)",
+        f"- versions: {versions}",
+    ]
+    if changes:
+        lines.append(f"- config changed at resumes: {json.dumps(changes)}")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoTokenizer, " + arch,
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+        f"model = {arch}.from_pretrained(PATH)",
+        "```",
+        "",
+        f"## Metrics at step {step}",
+        "",
+        _metrics_table(meta.get("metrics") or {}),
+        "",
+        "## Training config",
+        "",
+        "```yaml",
+        yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _install(tmp: Path, output: Path) -> None:
+    """Renames the finished export onto `output` (which may be missing or an empty directory)."""
+    if output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
+    os.replace(tmp, output)
+
+
+def _upload(tmp: Path, output: epath.Path) -> None:
+    """Uploads the finished export to an object store, config.json last; on failure deletes what
+    it sent."""
+    files = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
+    files.sort(key=lambda name: name == Path("config.json"))  # stable: the rest stay sorted
+    sent: list[epath.Path] = []
+    try:
+        for name in files:
+            target = output / name.as_posix()
+            fs.copy_file(tmp / name, target)
+            sent.append(target)
+    except BaseException:
+        for target in sent:
+            target.unlink(missing_ok=True)
+        raise
+
+
+def _output_path(output: str | os.PathLike) -> epath.Path:
+    """--output as a path: a gs:// URL as it is, anything else local; refuses a non-empty one."""
+    if fs.is_remote(output):
+        path = fs.as_path(output)
+    else:
+        path = fs.as_path(fs.require_local(output, "export --output"))
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        raise CheckpointError(
+            f"output {path} already exists and is not empty; choose another --output."
+        )
+    return path
+
+
+def _staging_dir(local: Path | None) -> Path:
+    """Where the export is built: a hidden sibling of a local output (renamed onto it at the
+    end), else a temporary directory (uploaded from there)."""
+    if local is None:
+        return Path(tempfile.mkdtemp(prefix="bertgpt-export-"))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.parent / f".{local.name}.export-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def _write_export(
+    tmp: Path,
+    config: Config,
+    step: int,
+    params: Any,
+    meta: Mapping[str, Any],
+    sp_model: epath.Path,
+    dtype: str,
+) -> None:
+    paired = get_task(config).paired_inputs
+    specials = hf_special_ids(paired)
+    hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
+    local_sp = tmp / TOKENIZER_FILE  # copied first: the workdir may be on gs://
+    local_sp.write_bytes(sp_model.read_bytes())
+    write_hf_tokenizer(tmp, local_sp, paired, config.model.max_len)
+    (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
+
+
+def export(
+    workdir: str | Path,
+    output: str | Path,
+    step: int | None = None,
+    dtype: str = "float32",
+) -> Path | epath.Path:
+    """Writes the HF directory for a workdir's checkpoint (the newest, or `step`) to `output`, a
+    local path or a gs:// URL; returns it (a pathlib.Path when local)."""
+    workdir, target = fs.as_path(workdir), _output_path(output)
+    if dtype not in ("float32", "bfloat16"):
+        raise CheckpointError(f"--dtype {dtype!r} is not valid; use float32 or bfloat16.")
+    config, step, params, meta = restore_params(workdir, step)
+    sp_model = find_tokenizer(workdir, config, meta)
+    local = None if fs.is_remote(target) else Path(os.fspath(target))
+    tmp = _staging_dir(local)
+    try:
+        _write_export(tmp, config, step, params, meta, sp_model, dtype)
+        if local is None:
+            _upload(tmp, target)
+        else:
+            _install(tmp, local)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target if local is None else local

@@ -1,0 +1,163 @@
+"""The public inference API: `load_pretrained(path)` -> a model callable on token ids.
+
+The returned `PretrainedModel` runs a deterministic (no dropout) forward pass, jitted once per
+input shape, and gives float32 logits: `mlm_logits` [B, L, V] at every position and
+`nsp_logits` [B, 2] for BERT, `logits` [B, L, V] for GPT. `attention_mask` (1 = real token,
+0 = padding) becomes the model's segment ids, and real tokens are numbered 0, 1, ... in order,
+so padding on either side leaves the logits at real tokens unchanged (for right padding the
+positions are exactly those `transformers` uses).
+
+Which loader reads a path is decided by what the directory holds (`_LOADERS`): a HuggingFace
+directory, or one of our training workdirs (the newest readable checkpoint's parameters, read
+without the optimizer state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bertgpt_jax.core import fs
+from bertgpt_jax.core.config import ModelConfig
+from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.hf import files as hf_files
+from bertgpt_jax.hf import weights as hf
+from bertgpt_jax.tasks import Task, pretraining_task
+
+Array = jax.Array
+ArrayLike = np.ndarray | jax.Array
+
+
+def _is_workdir(path: Path) -> bool:
+    return (path / "checkpoints").is_dir()
+
+
+def _load_workdir(path: Path) -> tuple[ModelConfig, Any]:
+    from bertgpt_jax.pretrained.workdir import load_workdir  # Orbax is imported only when needed
+
+    return load_workdir(path)
+
+
+# (does this directory hold it?, read it -> (ModelConfig, params)), tried in order.
+_LOADERS: tuple[tuple[Callable[[Path], bool], Callable[[Path], tuple[ModelConfig, Any]]], ...] = (
+    (hf_files.is_hf_dir, hf_files.load_hf),
+    (_is_workdir, _load_workdir),
+)
+
+
+def _forward(
+    task: Task,
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    input_ids: Array,
+    token_type_ids: Array | None,
+    attention_mask: Array,
+) -> dict[str, Array]:
+    model = nnx.merge(graphdef, state)
+    segment_ids = attention_mask.astype(jnp.int32)  # [B, L], 0 = padding
+    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)  # real tokens 0, 1, ...
+    out = task.predict(
+        model,
+        input_ids,
+        positions=positions,
+        segment_ids=segment_ids,
+        token_type_ids=token_type_ids,
+    )
+    return {name: value.astype(jnp.float32) for name, value in out.items()}
+
+
+class PretrainedModel:
+    """A model with fixed weights: `model(input_ids, token_type_ids=None, attention_mask=None)`."""
+
+    def __init__(self, config: ModelConfig, params: Mapping[str, Any], task: Task | None = None):
+        hf.check_params(params, config)
+        self.config = config
+        self.task = task or pretraining_task(config)
+        graphdef, state = nnx.split(self.task.abstract_model(config))
+        nnx.replace_by_pure_dict(
+            state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), dict(params))
+        )
+        self._state = state
+        # The graph definition is static; jit retraces only for a new input shape.
+        self._forward = jax.jit(functools.partial(_forward, self.task, graphdef))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The float32 parameters as a nested dict of arrays (our layout, layers stacked)."""
+        return self._state.to_pure_dict()
+
+    def _check(self, name: str, value: ArrayLike, shape: tuple[int, ...], limit: int) -> Array:
+        array = np.asarray(value)
+        if array.shape != shape or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"{name} must be an integer array of shape {shape}, got {array.dtype} {array.shape}"
+            )
+        if array.size and (array.min() < 0 or array.max() >= limit):
+            raise ValueError(
+                f"{name} values must lie in [0, {limit}), got {array.min()} to {array.max()}"
+            )
+        return jnp.asarray(array, jnp.int32)
+
+    def __call__(
+        self,
+        input_ids: ArrayLike,
+        token_type_ids: ArrayLike | None = None,
+        attention_mask: ArrayLike | None = None,
+    ) -> dict[str, Array]:
+        """input_ids, token_type_ids, attention_mask: int [B, L] -> dict of float32 logits."""
+        config = self.config
+        shape = np.shape(input_ids)
+        if len(shape) != 2 or shape[1] > config.max_len:
+            raise ValueError(
+                f"input_ids must have shape [batch, length] with length <= {config.max_len}, "
+                f"got {shape}"
+            )
+        ids = self._check("input_ids", input_ids, shape, config.vocab_size)
+        mask = (
+            jnp.ones(shape, jnp.int32)
+            if attention_mask is None
+            else self._check("attention_mask", attention_mask, shape, 2)
+        )
+        types = None
+        if token_type_ids is not None:
+            if config.type_vocab_size == 0:
+                raise ValueError(
+                    "this model takes no token_type_ids (it has no token-type embeddings)"
+                )
+            types = self._check("token_type_ids", token_type_ids, shape, config.type_vocab_size)
+        return self._forward(self._state, ids, types, mask)
+
+
+def load_pretrained(
+    path: str | Path, dtype: Literal["float32", "bfloat16"] | None = None
+) -> PretrainedModel:
+    """Loads a HuggingFace directory (config.json + model.safetensors) for inference.
+
+    `dtype` ("float32" or "bfloat16") overrides the matmul compute dtype; parameters, softmax,
+    LayerNorm and the returned logits stay float32.
+    """
+    # A remote path can be a training workdir (gs://...); HF directories are read locally.
+    path = fs.as_path(path) if fs.is_remote(path) else fs.require_local(path, "load_pretrained")
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a directory; pass a HuggingFace model directory.")
+    for holds, read in _LOADERS:
+        if holds(path):
+            config, params = read(path)
+            if dtype is not None:
+                if dtype not in ("float32", "bfloat16"):
+                    raise ConfigError(f"dtype={dtype!r} is not valid; use float32 or bfloat16.")
+                config = dataclasses.replace(config, dtype=dtype)
+            return PretrainedModel(config, params)
+    raise ConfigError(
+        f"{path} holds no model bertgpt-jax can load: a HuggingFace directory needs "
+        "config.json and model.safetensors (write one with `save_pretrained` or "
+        "hf_files.save_hf), a training workdir needs checkpoints/ (run `bertgpt train`)."
+    )

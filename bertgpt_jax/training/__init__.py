@@ -1,0 +1,2 @@
+"""Training: the sharded state and the jitted step, the loop, optimizers, checkpoints and their
+provenance, preemption, and metrics."""

@@ -1,0 +1,275 @@
+"""The training loop: build, jit once, iterate, log, evaluate, checkpoint.
+
+`train_and_evaluate(config, workdir)` is the whole job. It resumes from the newest complete
+checkpoint in WORKDIR/checkpoints by itself; the data pipeline is stateless (the batch at step s
+is a function of the seed and s), so a resumed run sees exactly the batches it would have seen,
+and on the same mesh computes bitwise the same states. Rows of metrics.jsonl after the step
+resumed from (logged by a run killed before its next checkpoint) are dropped, so every step is
+logged once. A fresh run starts from random weights, or from an HF model's
+(`checkpoint.init_from_hf`). SIGTERM/SIGINT end the run cleanly after a committed save.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+from bertgpt_jax.core import fs
+from bertgpt_jax.core.config import Config, dump_config
+from bertgpt_jax.core.errors import CheckpointError, NonFiniteError
+from bertgpt_jax.data.tokenizer import model_sha256
+from bertgpt_jax.ops.cross_entropy import LossSums
+from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.pretrained.workdir import TOKENIZER_FILE
+from bertgpt_jax.training.checkpoint import Checkpointer
+from bertgpt_jax.training.metrics import MetricsWriter, device_peak_flops, flops_per_step
+from bertgpt_jax.training.preemption import Preemption
+from bertgpt_jax.training.provenance import architecture_keys, config_changes
+from bertgpt_jax.training.step import Trainer, TrainState
+
+
+def _host_batches(config: Config, split: str, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    from bertgpt_jax.data import host_batches
+
+    return host_batches(
+        config,
+        split=split,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def evaluate(trainer: Trainer, state: TrainState, config: Config) -> dict[str, float]:
+    """Mean metrics over `train.eval_steps` validation batches (the same batches every time)."""
+    totals: dict[str, LossSums] | None = None
+    batches = _host_batches(config, "validation", 0)
+    for _, rows in zip(range(config.train.eval_steps), batches, strict=False):
+        sums = jax.device_get(trainer.eval_step(state, trainer.device_batch(rows)))
+        if totals is None:
+            totals = sums
+        else:
+            totals = {k: LossSums(*np.add(totals[k], sums[k])) for k in totals}
+    if totals is None:
+        return {}
+    return {k: float(v) for k, v in trainer.task.metrics(totals, trainer.coefficients).items()}
+
+
+def _check_finite(history: list[tuple[int, dict[str, Any]]], policy: str) -> None:
+    for step, metrics in history:
+        if metrics["finite"] < 1.0 and policy == "stop":
+            raise NonFiniteError(
+                f"step {step} produced a non-finite loss ({metrics['loss']}) or gradient norm "
+                f"({metrics['grad_norm']}); its update was not applied and nothing after the last "
+                "checkpoint was saved. Lower train.learning_rate, or set train.nan_policy=skip."
+            )
+
+
+class _Timer:
+    """Throughput between two log points, excluding the first (compiling) step."""
+
+    def __init__(self, config: Config, num_devices: int):
+        self.tokens_per_step = config.train.batch_size * config.data.seq_len
+        self.flops_per_step = flops_per_step(config)
+        peak = device_peak_flops()
+        self.peak = None if peak is None else peak * num_devices
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    def measure(self) -> dict[str, float]:
+        """Call after the device has finished the counted steps (e.g. after device_get)."""
+        step_time = (time.perf_counter() - self.start) / self.steps
+        self.reset()
+        out = {
+            "step_time": step_time,
+            "tokens_per_sec": self.tokens_per_step / step_time,
+            "model_tflops": self.flops_per_step / step_time / 1e12,
+        }
+        if self.peak:
+            out["mfu"] = self.flops_per_step / step_time / self.peak
+        return out
+
+
+def _profile(config: Config, step: int, workdir: epath.Path) -> None:
+    t = config.train
+    if t.profile_steps <= 0 or t.profile_start < 0:
+        return
+    if step == t.profile_start:
+        jax.profiler.start_trace(str(workdir / "profile"))
+    elif step == t.profile_start + t.profile_steps:
+        jax.profiler.stop_trace()
+
+
+def train_and_evaluate(
+    config: Config, where: str | Path, fresh: bool = False, restore_step: int | None = None
+) -> dict[str, float]:
+    """Runs (or resumes) training to `train.steps` in the workdir `where` (a local path or a
+    gs:// URL, see fs.py); returns the metrics saved with the last checkpoint: the last logged
+    train metrics and, where evaluation ran, eval_-prefixed validation metrics."""
+    workdir = fs.as_path(where)
+    primary = jax.process_index() == 0
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.mesh)
+    trainer = Trainer(config, mesh)
+    checkpointer = Checkpointer(workdir, config, trainer)
+    try:
+        # Compatibility is checked before anything in the workdir is rewritten.
+        state = checkpointer.restore(restore_step, fresh=fresh)
+        if state is None:
+            state = _initial_state(config, trainer, checkpointer.tokenizer)
+        start = int(jax.device_get(state.step))
+        if primary:
+            fs.write_text(workdir / "config.yaml", dump_config(config))
+            _trim_metrics(workdir / "metrics.jsonl", start)
+            _copy_tokenizer(config, workdir)
+        writer = MetricsWriter(workdir, config.train.steps, start, enabled=primary)
+        try:
+            with Preemption(start) as preemption:
+                return _loop(
+                    config, workdir, trainer, checkpointer, state, start, writer, preemption
+                )
+        finally:
+            writer.close()
+    finally:
+        checkpointer.close()
+
+
+def _initial_state(config: Config, trainer: Trainer, tokenizer: dict | None) -> TrainState:
+    if config.checkpoint.init_from_hf:
+        return state_from_hf(trainer, config.checkpoint.init_from_hf, tokenizer)
+    return trainer.init(config.train.seed)
+
+
+def state_from_hf(trainer: Trainer, path: str | Path, tokenizer: dict | None) -> TrainState:
+    """A fresh training state (step 0, new optimizer state) holding an HF model's parameters,
+    for continued pretraining; refuses a model whose architecture differs from the config's."""
+    from bertgpt_jax.hf import files as hf_files
+
+    path = hf_files.local_dir(path, "checkpoint.init_from_hf")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint.init_from_hf={path} is not a directory.")
+    hf_model, params = hf_files.load_hf(path)
+    changes = config_changes({"model": vars(hf_model)}, trainer.config)
+    fatal = architecture_keys(changes)
+    if fatal:
+        shown = ", ".join(
+            f"{k} ({changes[k][0]!r} in config.json, {changes[k][1]!r} here)" for k in fatal
+        )
+        raise CheckpointError(
+            f"checkpoint.init_from_hf={path} does not fit the config: {shown}; set those model "
+            "keys to the HF model's values."
+        )
+    sp_model = path / TOKENIZER_FILE
+    wanted = (tokenizer or {}).get("model_sha256")
+    if wanted and sp_model.is_file() and model_sha256(sp_model) != wanted:
+        raise CheckpointError(
+            f"checkpoint.init_from_hf={path} has another tokenizer than the store at "
+            "data.path; prepare the store with its tokenizer.model."
+        )
+    # Every process reads the file and places its own shards; no host holds another's.
+    put = lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i])  # noqa: E731
+    sharded = jax.tree.map(put, params, trainer.param_shardings)
+
+    def build(p: Any, key: jax.Array) -> TrainState:
+        # The step and dropout RNG exactly as a fresh run makes them; XLA drops the random
+        # parameters that this state does not use.
+        fresh = trainer._init_state(key)
+        return TrainState(fresh.step, p, trainer.optimizer.init(p), fresh.rng)
+
+    init = jax.jit(build, out_shardings=trainer.state_shardings)  # as Trainer.init
+    return init(sharded, jax.random.key(trainer.config.train.seed))
+
+
+def _trim_metrics(path: epath.Path, last_step: int) -> None:
+    """Keeps only rows up to `last_step` (and drops a line cut short by a kill)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+    fs.write_text(path, "".join(kept))
+
+
+def _copy_tokenizer(config: Config, workdir: epath.Path) -> None:
+    """Keeps the store's tokenizer.model in the workdir, for `bertgpt export`."""
+    source = Path(config.data.path) / TOKENIZER_FILE
+    target = workdir / TOKENIZER_FILE
+    if not config.data.path or not source.is_file():
+        return
+    if not target.is_file() or target.read_bytes() != source.read_bytes():
+        fs.copy_file(source, target)
+
+
+def _loop(
+    config: Config,
+    workdir: epath.Path,
+    trainer: Trainer,
+    checkpointer: Checkpointer,
+    state: TrainState,
+    start: int,
+    writer: MetricsWriter,
+    preemption: Preemption,
+) -> dict[str, float]:
+    t = config.train
+    timer = _Timer(config, jax.device_count())
+    history: list[tuple[int, dict[str, Any]]] = []
+    last: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    saved = dict(checkpointer.restored_metrics)  # a run already at train.steps reports these
+    batches = _host_batches(config, "train", start)
+    step = start
+    while step < t.steps:
+        _profile(config, step, workdir)
+        state, metrics = trainer.train_step(state, trainer.device_batch(next(batches)))
+        step += 1
+        history.append((step, metrics))
+        if step == start + 1:
+            jax.block_until_ready(metrics)
+            timer.reset()  # throughput excludes compilation
+        else:
+            timer.steps += 1
+        stop = preemption.reached(step)  # asked once per step: the same answer on every process
+        must_save = checkpointer.should_save(step) or step == t.steps or stop
+        if step % t.log_every == 0 or must_save:
+            history = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in history]
+            _check_finite(history, t.nan_policy)
+            last = {k: v for k, v in history[-1][1].items() if k != "finite"}
+            if timer.steps:
+                last.update(timer.measure())
+            writer.write(step, last)
+            writer.advance(len(history))
+            history = []
+        if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
+            last_eval = evaluate(trainer, state, config)
+            writer.write(step, last_eval, prefix="eval_")
+            timer.reset()  # evaluation waited for the train steps; its time is not theirs
+        if must_save:
+            saved = {**last, **{f"eval_{k}": v for k, v in last_eval.items()}}
+            checkpointer.save(step, state, saved, force=step == t.steps or stop)
+            writer.sync(force=True)  # a remote workdir's metrics reach it with each checkpoint
+        if stop:
+            checkpointer.wait()
+            if jax.process_index() == 0:
+                print(
+                    f"Preempted: saved a committed checkpoint at step {step}; exiting.", flush=True
+                )
+            break
+    if t.profile_steps > 0 and t.profile_start <= step < t.profile_start + t.profile_steps:
+        jax.profiler.stop_trace()
+    checkpointer.wait()
+    return saved
