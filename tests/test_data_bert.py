@@ -12,7 +12,8 @@ from test_data_shared import bert_config, default_store, store_of
 
 from bertgpt_jax.data.pipeline import BatchSource
 from bertgpt_jax.data.sampling import example_uniforms
-from bertgpt_jax.data.tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, load_tokenizer
+from bertgpt_jax.data.tokenizers import load_tokenizer
+from bertgpt_jax.data.tokenizers.sentencepiece import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
 
 
 def _batches(config, steps):

@@ -10,7 +10,7 @@ from test_data_shared import default_store, write_bert_file
 from bertgpt_jax import cli
 from bertgpt_jax.cli import data as data_commands
 from bertgpt_jax.data.store import open_store
-from bertgpt_jax.data.tokenizer import load_tokenizer
+from bertgpt_jax.data.tokenizers import load_tokenizer
 
 
 def _run(capsys, *argv):

@@ -15,7 +15,7 @@ from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data.corpus import DocumentSource, build_local_tfds, parse_tfds_spec
 from bertgpt_jax.data.sources import TextOptions, read_documents, split_sentences
 from bertgpt_jax.data.store import open_store, prepare_store
-from bertgpt_jax.data.tokenizer import load_tokenizer
+from bertgpt_jax.data.tokenizers import load_tokenizer
 
 
 class BertgptTestArticles(tfds.core.GeneratorBasedBuilder):

@@ -10,7 +10,7 @@ from test_data_shared import default_store, gpt_config, store_of
 
 from bertgpt_jax.data.pipeline import BatchSource
 from bertgpt_jax.data.store import open_store
-from bertgpt_jax.data.tokenizer import EOT_ID, PAD_ID
+from bertgpt_jax.data.tokenizers.sentencepiece import EOT_ID, PAD_ID
 
 
 def _stream(store, split="train"):

@@ -19,7 +19,7 @@ from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data import host_batches, validation_batches
 from bertgpt_jax.data.pipeline import BatchSource, _prefetch
 from bertgpt_jax.data.sampling import epoch_order, example_uniforms
-from bertgpt_jax.data.tokenizer import train_tokenizer
+from bertgpt_jax.data.tokenizers.sentencepiece import train_tokenizer
 
 
 def _take(iterator, count):

@@ -12,7 +12,8 @@ from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data import store
 from bertgpt_jax.data.sources import TextOptions
 from bertgpt_jax.data.store import MANIFEST, open_store, prepare_store
-from bertgpt_jax.data.tokenizer import UNK_ID, load_tokenizer
+from bertgpt_jax.data.tokenizers import load_tokenizer
+from bertgpt_jax.data.tokenizers.sentencepiece import UNK_ID
 
 DOCUMENTS = [
     ["The first document starts here.", "It has two sentences."],

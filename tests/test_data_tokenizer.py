@@ -10,11 +10,10 @@ import sentencepiece as spm
 from test_data_shared import default_store, default_tokenizer
 
 from bertgpt_jax.core.errors import DataError
-from bertgpt_jax.data.tokenizer import (
+from bertgpt_jax.data.tokenizers import SpecialIds, TokenizerIdentity, load_tokenizer
+from bertgpt_jax.data.tokenizers.sentencepiece import (
     SPECIAL_TOKENS,
-    TokenizerIdentity,
     import_tokenizer,
-    load_tokenizer,
     train_tokenizer,
 )
 
@@ -57,16 +56,22 @@ def test_vocab_too_large_for_the_text_is_a_clear_error(tmp_path):
     assert not (tmp_path / "tokenizer.json").exists()
 
 
-def test_importing_a_model_checks_its_special_ids(tmp_path):
+def test_imported_models_keep_their_own_special_ids(tmp_path):
+    """Special ids are read from the model, never assumed (issue 12: a foreign SentencePiece
+    model used to be refused for not having ours); a task that needs a token the model lacks
+    names it."""
     imported = import_tokenizer(default_tokenizer(), tmp_path / "copy")
     assert imported.identity == load_tokenizer(default_store()).identity
+    assert imported.specials == SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4, eos=5, bos=5)
     foreign = io.BytesIO()
     spm.SentencePieceTrainer.Train(
         sentence_iterator=iter(SENTENCES), model_writer=foreign, vocab_size=100, minloglevel=2
     )
     (tmp_path / "foreign.model").write_bytes(foreign.getvalue())
-    with pytest.raises(DataError, match=r"has \[PAD\] at id -1 instead of 0.*bertgpt tokenizer"):
-        import_tokenizer(tmp_path / "foreign.model", tmp_path / "bad")
+    theirs = import_tokenizer(tmp_path / "foreign.model", tmp_path / "other").specials
+    assert theirs == SpecialIds(unk=0, bos=1, eos=2)  # SentencePiece's defaults
+    with pytest.raises(DataError, match=r"has no cls token, which masked LM needs"):
+        theirs.require(("cls",), "foreign.model", "masked LM")
     (tmp_path / "junk.model").write_bytes(b"not a model")
     with pytest.raises(DataError, match="is not a SentencePiece model"):
         load_tokenizer(tmp_path / "junk.model")

@@ -26,7 +26,8 @@ from bertgpt_jax.parallel.sharding import make_mesh
 from bertgpt_jax.pretrained.export import export
 from bertgpt_jax.pretrained.workdir import restore_params
 from bertgpt_jax.training.checkpoint import Checkpointer
-from bertgpt_jax.training.loop import _copy_tokenizer, state_from_hf, train_and_evaluate
+from bertgpt_jax.training.hf_init import state_from_hf
+from bertgpt_jax.training.loop import _copy_tokenizer, train_and_evaluate
 from bertgpt_jax.training.step import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +212,7 @@ def test_training_starts_from_an_hf_directory(exported, tmp_path):
 
 @pytest.mark.parametrize("model_type,byte_fallback", [("bpe", False), ("unigram", True)])
 def test_other_sentencepiece_models_convert(tmp_path, model_type, byte_fallback):
-    from bertgpt_jax.data.tokenizer import train_tokenizer
+    from bertgpt_jax.data.tokenizers.sentencepiece import train_tokenizer
     from bertgpt_jax.hf.tokenizer import SAMPLE, build_tokenizer
 
     lines = _corpus_lines()

@@ -34,7 +34,8 @@ from bertgpt_jax.core.config import load_config
 from bertgpt_jax.data.store import open_store
 from bertgpt_jax.hf import files as hf_files
 from bertgpt_jax.pretrained.export import export
-from bertgpt_jax.training.loop import state_from_hf, train_and_evaluate
+from bertgpt_jax.training.hf_init import state_from_hf
+from bertgpt_jax.training.loop import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [

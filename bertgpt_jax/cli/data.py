@@ -12,8 +12,11 @@ import json
 import tempfile
 from collections.abc import Iterator
 
+from bertgpt_jax.core import fs
 from bertgpt_jax.core.errors import DataError
-from bertgpt_jax.data import bench, corpus, embedded, sources, store, tokenizer
+from bertgpt_jax.data import bench, corpus, embedded, sources, store
+from bertgpt_jax.data.tokenizers import sentencepiece as tokenizer
+from bertgpt_jax.data.tokenizers.huggingface import train_hf_tokenizer
 
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
@@ -72,6 +75,18 @@ def run_tokenizer(args: argparse.Namespace) -> int:
             source = corpus.DocumentSource(_tfds_spec(args))
             sentences, fingerprint = _tfds_sentences(source), source.fingerprint()
             description = args.tfds
+        if args.model_type in ("wordpiece", "byte-bpe"):
+            output = fs.require_local(args.output, "tokenizer --output")
+            hf_tok = train_hf_tokenizer(
+                sentences,
+                output,
+                args.vocab_size,
+                args.model_type,
+                max_sentences=args.max_sentences,
+                description=description,
+            )
+            print(json.dumps({"tokenizer": str(args.output), **hf_tok.identity.to_json()}))
+            return 0
         tok = tokenizer.train_tokenizer(
             sentences,
             args.output,
@@ -118,11 +133,20 @@ def run_data_bench(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `tokenizer`, `prepare` and `data-bench` to an argparse subparsers object."""
-    p = subparsers.add_parser("tokenizer", help="train (or import) a SentencePiece tokenizer")
+    p = subparsers.add_parser(
+        "tokenizer", help="train a SentencePiece, WordPiece or byte-level BPE tokenizer"
+    )
     where = _add_source_arguments(p)
     where.add_argument("--from-model", help="import this SentencePiece .model instead of training")
     p.add_argument("--vocab-size", type=int)
-    p.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    p.add_argument(
+        "--model-type",
+        choices=("unigram", "bpe", "wordpiece", "byte-bpe"),
+        default="unigram",
+        help="SentencePiece unigram or BPE (ours: [PAD]=0 .. <|endoftext|>=5), BERT's WordPiece "
+        "([UNK]=100 [CLS]=101 [SEP]=102 [MASK]=103) or GPT-2's byte-level BPE (<|endoftext|> "
+        "last), the last two in HuggingFace's format",
+    )
     p.add_argument("--character-coverage", type=float, default=0.9995)
     p.add_argument("--byte-fallback", action="store_true", help="unknown characters as bytes")
     p.add_argument("--max-sentences", type=int, default=2_000_000, help="train on the first N")

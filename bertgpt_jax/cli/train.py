@@ -10,7 +10,11 @@ from bertgpt_jax.cli.common import add_config_args, add_distributed_args, start
 
 def _run(args: argparse.Namespace) -> int:
     config = start(args)
+    from bertgpt_jax.training.hf_init import adopt_hf_architecture
     from bertgpt_jax.training.loop import train_and_evaluate
+
+    if config.checkpoint.init_from_hf:
+        config = adopt_hf_architecture(config, args.overrides)
 
     metrics = train_and_evaluate(config, args.workdir, fresh=args.fresh, restore_step=args.step)
     if metrics:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import inspect
 import re
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bertgpt_jax.data.sources import TextOptions, fingerprint_files, iter_sentences, split_sentences
 from bertgpt_jax.data.store import prepare_store
-from bertgpt_jax.data.tokenizer import train_tokenizer
+from bertgpt_jax.data.tokenizers.sentencepiece import train_tokenizer
 
 MAX_CHARS = 1_500_000
 FILE_CHARS = 250_000
@@ -83,12 +83,21 @@ def write_default_corpus(out_dir: str | Path) -> list[Path]:
 
     Files whose content is unchanged are not rewritten.
     """
-    out_dir = Path(out_dir)
+    return _write_documents(_documents(), Path(out_dir), "stdlib_docstrings")
+
+
+def write_docstring_corpus(files: Iterable[Path], out_dir: str | Path, name: str) -> list[Path]:
+    """The same corpus made from other Python sources (one document per module), e.g. an
+    installed package's, as `{name}_docstrings_NN.txt` files: another body of local text."""
+    return _write_documents(map(_file_document, files), Path(out_dir), f"{name}_docstrings")
+
+
+def _write_documents(documents: Iterable[list[str]], out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     chunks: list[str] = []
     current: list[str] = []
     size = total = 0
-    for document in _documents():
+    for document in documents:
         if not document:
             continue
         text = "\n".join(document) + "\n"
@@ -104,7 +113,7 @@ def write_default_corpus(out_dir: str | Path) -> list[Path]:
         chunks.append("\n".join(current))
     paths = []
     for number, chunk in enumerate(chunks):
-        path = out_dir / f"stdlib_docstrings_{number:02d}.txt"
+        path = out_dir / f"{stem}_{number:02d}.txt"
         if not path.exists() or path.read_text(encoding="utf-8") != chunk:
             path.write_text(chunk, encoding="utf-8")
         paths.append(path)

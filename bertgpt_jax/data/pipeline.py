@@ -27,14 +27,14 @@ from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data.pretrain import EXAMPLE_BUILDERS
 from bertgpt_jax.data.sampling import epoch_order, example_uniforms
 from bertgpt_jax.data.store import Store, open_store
-from bertgpt_jax.data.tokenizer import Tokenizer, load_tokenizer
+from bertgpt_jax.data.tokenizers import Tokenizer, load_tokenizer
 
 Batch = dict[str, np.ndarray]
 
 
 def _checked_tokenizer(store: Store, config: Config) -> Tokenizer:
     """The store's tokenizer, after checking it against the config and the model."""
-    tokenizer = Tokenizer(store.tokenizer_path)
+    tokenizer = load_tokenizer(store.tokenizer_path)
     if tokenizer.identity != store.identity:
         raise DataError(
             f"the tokenizer copy in store {store.path} does not match its manifest; prepare the "

@@ -37,14 +37,12 @@ import numpy as np
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data import corpus, sources
-from bertgpt_jax.data.tokenizer import (
-    INFO_FILE,
-    MODEL_FILE,
-    NUM_SPECIAL,
-    UNK_ID,
+from bertgpt_jax.data.tokenizers import (
     Tokenizer,
     TokenizerIdentity,
     load_tokenizer,
+    store_tokenizer,
+    tokenizer_location,
 )
 
 STORE_FORMAT = "bertgpt-store/1"
@@ -89,7 +87,7 @@ class Store:
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / MODEL_FILE
+        return tokenizer_location(self.path)
 
     def split(self, name: str) -> StoreSplit:
         counts = self.manifest["splits"].get(name)
@@ -186,8 +184,10 @@ def _tokenize_batch(tokenizer: Tokenizer, documents: list[list[str]], workers: i
     lengths = np.fromiter(map(len, ids), np.int64, len(ids))
     tokens = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum()))
     # Special pieces spelled out in the raw text ("[SEP]", "<|endoftext|>") must not act as
-    # structure tokens, so they become [UNK].
-    tokens[(tokens < NUM_SPECIAL) & (tokens != UNK_ID)] = UNK_ID
+    # structure tokens, so they become [UNK] (where the tokenizer has one).
+    unk = tokenizer.specials.unk
+    if unk is not None:
+        tokens[tokenizer.special_table()[tokens] & (tokens != unk)] = unk
     doc_of_sentence = np.repeat(np.arange(len(documents)), [len(d) for d in documents])
     return tokens, lengths, doc_of_sentence
 
@@ -215,9 +215,7 @@ def _tokenize_all(
 
 def _finish(tmp: Path, tok: Tokenizer, manifest: dict[str, Any]) -> None:
     """Copies the tokenizer in, then writes the manifest: the last file, marking completion."""
-    shutil.copyfile(tok.model_path, tmp / MODEL_FILE)
-    if (tok.model_path.parent / INFO_FILE).exists():
-        shutil.copyfile(tok.model_path.parent / INFO_FILE, tmp / INFO_FILE)
+    store_tokenizer(tok, tmp)
     manifest = {**manifest, "token_dtype": str(_token_dtype(tok.vocab_size))}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 

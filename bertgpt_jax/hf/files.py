@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_dtypes
 import numpy as np
+from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from bertgpt_jax.core import fs
@@ -19,6 +21,7 @@ from bertgpt_jax.core.config import ModelConfig
 from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.hf.config import hf_config_from_model, model_config_from_hf
 from bertgpt_jax.hf.weights import Params, StateDict, hf_to_params, params_to_hf
+from bertgpt_jax.tasks import pretraining_task
 
 _DTYPES: dict[str, Any] = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
@@ -61,8 +64,8 @@ def read_safetensors(path: str | Path) -> StateDict:
     )
 
 
-def load_hf(path: str | Path) -> tuple[ModelConfig, Params]:
-    """Reads an HF directory (config.json + safetensors) -> (ModelConfig, our params)."""
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of an HF directory's config.json."""
     path = local_dir(path)
     if not is_hf_dir(path):
         raise ConfigError(f"{path} is not a HuggingFace model directory: it has no config.json.")
@@ -70,8 +73,20 @@ def load_hf(path: str | Path) -> tuple[ModelConfig, Params]:
         hf_config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path / 'config.json'} is not valid JSON: {err}.") from err
-    config = model_config_from_hf(hf_config)
-    return config, hf_to_params(read_safetensors(path), config)
+    return model_config_from_hf(hf_config)
+
+
+def load_hf(path: str | Path, seed: int = 0) -> tuple[ModelConfig, Params]:
+    """Reads an HF directory (config.json + safetensors) -> (ModelConfig, our params). Heads
+    the checkpoint lacks (BertModel, BertForMaskedLM) are initialised fresh from `seed`."""
+    config = read_model_config(path)
+    state = read_safetensors(local_dir(path))
+
+    def fresh() -> Params:
+        model = pretraining_task(config).build_model(config, jax.random.key(seed))
+        return nnx.state(model, nnx.Param).to_pure_dict()
+
+    return config, hf_to_params(state, config, fresh)
 
 
 def save_hf(

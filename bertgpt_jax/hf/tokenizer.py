@@ -28,7 +28,8 @@ from tokenizers import processors as post
 from tokenizers.models import BPE, Unigram
 
 from bertgpt_jax.core.errors import ConfigError
-from bertgpt_jax.data.tokenizer import (
+from bertgpt_jax.data.tokenizers import SpecialIds
+from bertgpt_jax.data.tokenizers.sentencepiece import (
     CLS_ID,
     EOT_ID,
     MASK_ID,
@@ -49,12 +50,13 @@ SAMPLE = (
 )
 
 
-def hf_special_ids(paired: bool) -> dict[str, int]:
-    """Special token ids for config.json: pad always; a model of unpaired text (GPT) has
-    <|endoftext|> as its begin and end token."""
-    if paired:
-        return {"pad_token_id": PAD_ID}
-    return {"pad_token_id": PAD_ID, "bos_token_id": EOT_ID, "eos_token_id": EOT_ID}
+def hf_special_ids(specials: SpecialIds, paired: bool) -> dict[str, int]:
+    """Special token ids for config.json: pad where the tokenizer has one; a model of unpaired
+    text (GPT) also names its begin and end token (<|endoftext|> for both, as GPT-2)."""
+    ids = {"pad_token_id": specials.pad}
+    if not paired:
+        ids.update(bos_token_id=specials.bos, eos_token_id=specials.eos)
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 def _read_proto(path: Path) -> Any:

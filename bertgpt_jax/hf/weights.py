@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.tasks import pretraining_task
 
 Params = dict[str, Any]
+_log = logging.getLogger(__name__)
 StateDict = dict[str, np.ndarray]
 
 
@@ -134,6 +136,8 @@ class Family:
     fields: Mapping[str, tuple[str, Any]]
     # HF config keys we cannot represent unless they hold the default: key -> required value.
     required: Mapping[str, Any]
+    # Head tensors a checkpoint may lack (a base model, a masked-LM-only one): started fresh.
+    optional: frozenset[str]
     # Our model.family, and the ModelConfig values the HF class implies.
     family: Literal["bert", "gpt"]
     implied: Mapping[str, Any]
@@ -153,7 +157,11 @@ BERT = Family(
         "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     },
-    renames=((r"LayerNorm\.gamma$", "LayerNorm.weight"), (r"LayerNorm\.beta$", "LayerNorm.bias")),
+    renames=(
+        (r"LayerNorm\.gamma$", "LayerNorm.weight"),
+        (r"LayerNorm\.beta$", "LayerNorm.bias"),
+        (r"^(?!bert\.|cls\.)", "bert."),  # BertModel's files name tensors without "bert."
+    ),
     buffers=(r"^bert\.embeddings\.position_ids$",),
     fields={
         "vocab_size": ("vocab_size", 30522),
@@ -175,6 +183,7 @@ BERT = Family(
         "add_cross_attention": False,
         "tie_word_embeddings": True,
     },
+    optional=frozenset(r.hf for r in BERT_TABLE if r.hf.startswith(("cls.", "bert.pooler."))),
     family="bert",
     implied={"norm_position": "post"},
     fits=lambda c: c.norm_position == "post" and c.type_vocab_size > 0,
@@ -208,6 +217,7 @@ GPT2 = Family(
         "add_cross_attention": False,
         "tie_word_embeddings": True,
     },
+    optional=frozenset(),
     family="gpt",
     implied={"norm_position": "pre", "type_vocab_size": 0},
     fits=lambda c: c.norm_position == "pre" and c.type_vocab_size == 0,
@@ -344,15 +354,30 @@ def _normalise(state: Mapping[str, Any], family: Family) -> StateDict:
     return out
 
 
-def hf_to_params(state: Mapping[str, Any], config: ModelConfig) -> Params:
-    """An HF state dict (name -> array) -> our nested parameter dict of float32 numpy arrays."""
+def hf_to_params(
+    state: Mapping[str, Any], config: ModelConfig, fresh: Callable[[], Params] | None = None
+) -> Params:
+    """An HF state dict (name -> array) -> our nested parameter dict of float32 numpy arrays.
+
+    Head tensors a base or masked-LM-only checkpoint lacks (`Family.optional`) are taken from
+    `fresh()` (freshly initialised parameters) when it is given, and logged; otherwise every
+    tensor must be there."""
     family = family_of(config)
     tensors = _normalise(state, family)
+    expected = hf_shapes(config)
+    absent = sorted(n for n in expected if n not in tensors and n in family.optional)
+    if fresh is not None and absent:
+        expected = {n: s for n, s in expected.items() if n not in absent}
+        _log.warning("initialised fresh (not in the checkpoint): %s", ", ".join(absent))
     fix = f"the weights do not match config.json (a {family.architecture} is expected)"
-    _check_names("HF tensor", tensors, hf_shapes(config), fix)
+    _check_names("HF tensor", tensors, expected, fix)
     ours = param_shapes(config)
     flat: dict[str, np.ndarray] = {}
+    new = _flatten(fresh()) if fresh is not None and absent else {}
     for rule in family.table:
+        if rule.hf in absent:
+            flat.update({p: np.asarray(new[p], np.float32) for p in rule.ours})
+            continue
         if _layered(rule):
             shapes = [ours[p][1:] for p in rule.ours]
             layers = [_from_hf(rule, tensors[n], shapes) for n in _names(rule, config.num_layers)]

@@ -31,26 +31,45 @@ from etils import epath
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import Config, config_to_dict
 from bertgpt_jax.core.errors import CheckpointError
-from bertgpt_jax.data.tokenizer import model_sha256
+from bertgpt_jax.data.tokenizers import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_location,
+)
 from bertgpt_jax.hf import files as hf_files
 from bertgpt_jax.hf.tokenizer import hf_special_ids, write_hf_tokenizer
-from bertgpt_jax.pretrained.workdir import TOKENIZER_FILE, restore_params
+from bertgpt_jax.pretrained.workdir import restore_params
 from bertgpt_jax.tasks import get_task
 
 
-def find_tokenizer(workdir: epath.Path, config: Config, meta: Mapping[str, Any]) -> epath.Path:
-    """The run's SentencePiece model: the workdir's copy, else the store's; checked against the
-    identity recorded in the checkpoint."""
-    want = (meta.get("tokenizer") or {}).get("model_sha256")
-    places = [workdir / TOKENIZER_FILE]
-    if config.data.path:
-        places.append(epath.Path(config.data.path) / TOKENIZER_FILE)
-    for path in places:
-        if path.is_file() and (want is None or model_sha256(path) == want):
-            return path
+def _fetch(location: epath.Path, into: Path) -> Path:
+    """A local copy of a tokenizer (a .model file, or a directory's files) under `into`: the
+    workdir may be on gs://."""
+    into.mkdir(parents=True, exist_ok=True)
+    files = [p for p in location.iterdir() if p.is_file()] if location.is_dir() else [location]
+    for file in files:
+        (into / file.name).write_bytes(file.read_bytes())
+    return into if location.is_dir() else into / location.name
+
+
+def find_tokenizer(
+    workdir: epath.Path, config: Config, meta: Mapping[str, Any], scratch: Path
+) -> Tokenizer:
+    """The run's tokenizer: the workdir's copy, else the store's; checked against the identity
+    recorded in the checkpoint. Copied under `scratch` to be read."""
+    want = meta.get("tokenizer")
+    places = [workdir] + ([epath.Path(config.data.path)] if config.data.path else [])
+    for n, place in enumerate(places):
+        location = tokenizer_location(place)
+        if not location.exists():
+            continue
+        tokenizer = load_tokenizer(_fetch(location, scratch / str(n)))
+        if want is None or tokenizer.identity.to_json() == want:
+            return tokenizer
     raise CheckpointError(
-        f"found no tokenizer.model in {workdir} or data.path={config.data.path!r} matching the "
-        "checkpoint's tokenizer; copy the store's tokenizer.model into the workdir."
+        f"found no tokenizer in {workdir} or data.path={config.data.path!r} matching the "
+        "checkpoint's tokenizer; copy the store's tokenizer files into the workdir."
     )
 
 
@@ -163,15 +182,17 @@ def _write_export(
     step: int,
     params: Any,
     meta: Mapping[str, Any],
-    sp_model: epath.Path,
+    tokenizer: Tokenizer,
     dtype: str,
 ) -> None:
     paired = get_task(config).paired_inputs
-    specials = hf_special_ids(paired)
+    specials = hf_special_ids(tokenizer.specials, paired)
     hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
-    local_sp = tmp / TOKENIZER_FILE  # copied first: the workdir may be on gs://
-    local_sp.write_bytes(sp_model.read_bytes())
-    write_hf_tokenizer(tmp, local_sp, paired, config.model.max_len)
+    if isinstance(tokenizer, SentencePieceTokenizer):  # converted to tokenizer.json, same ids
+        write_hf_tokenizer(tmp, tokenizer.model_path, paired, config.model.max_len)
+    else:  # a HuggingFace tokenizer goes back as it came
+        for file in tokenizer.files:
+            shutil.copyfile(file, tmp / file.name)
     (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
 
 
@@ -187,15 +208,17 @@ def export(
     if dtype not in ("float32", "bfloat16"):
         raise CheckpointError(f"--dtype {dtype!r} is not valid; use float32 or bfloat16.")
     config, step, params, meta = restore_params(workdir, step)
-    sp_model = find_tokenizer(workdir, config, meta)
     local = None if fs.is_remote(target) else Path(os.fspath(target))
     tmp = _staging_dir(local)
+    scratch = Path(tempfile.mkdtemp(prefix="bertgpt-tokenizer-"))
     try:
-        _write_export(tmp, config, step, params, meta, sp_model, dtype)
+        tokenizer = find_tokenizer(workdir, config, meta, scratch)
+        _write_export(tmp, config, step, params, meta, tokenizer, dtype)
         if local is None:
             _upload(tmp, target)
         else:
             _install(tmp, local)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return target if local is None else local

@@ -23,15 +23,14 @@ from etils import epath
 
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import Config, dump_config
-from bertgpt_jax.core.errors import CheckpointError, NonFiniteError
-from bertgpt_jax.data.tokenizer import model_sha256
+from bertgpt_jax.core.errors import NonFiniteError
+from bertgpt_jax.data.tokenizers import load_tokenizer, store_tokenizer, tokenizer_location
 from bertgpt_jax.ops.cross_entropy import LossSums
 from bertgpt_jax.parallel.sharding import make_mesh
-from bertgpt_jax.pretrained.workdir import TOKENIZER_FILE
 from bertgpt_jax.training.checkpoint import Checkpointer
+from bertgpt_jax.training.hf_init import state_from_hf
 from bertgpt_jax.training.metrics import MetricsWriter, device_peak_flops, flops_per_step
 from bertgpt_jax.training.preemption import Preemption
-from bertgpt_jax.training.provenance import architecture_keys, config_changes
 from bertgpt_jax.training.step import Trainer, TrainState
 
 
@@ -150,46 +149,6 @@ def _initial_state(config: Config, trainer: Trainer, tokenizer: dict | None) -> 
     return trainer.init(config.train.seed)
 
 
-def state_from_hf(trainer: Trainer, path: str | Path, tokenizer: dict | None) -> TrainState:
-    """A fresh training state (step 0, new optimizer state) holding an HF model's parameters,
-    for continued pretraining; refuses a model whose architecture differs from the config's."""
-    from bertgpt_jax.hf import files as hf_files
-
-    path = hf_files.local_dir(path, "checkpoint.init_from_hf")
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint.init_from_hf={path} is not a directory.")
-    hf_model, params = hf_files.load_hf(path)
-    changes = config_changes({"model": vars(hf_model)}, trainer.config)
-    fatal = architecture_keys(changes)
-    if fatal:
-        shown = ", ".join(
-            f"{k} ({changes[k][0]!r} in config.json, {changes[k][1]!r} here)" for k in fatal
-        )
-        raise CheckpointError(
-            f"checkpoint.init_from_hf={path} does not fit the config: {shown}; set those model "
-            "keys to the HF model's values."
-        )
-    sp_model = path / TOKENIZER_FILE
-    wanted = (tokenizer or {}).get("model_sha256")
-    if wanted and sp_model.is_file() and model_sha256(sp_model) != wanted:
-        raise CheckpointError(
-            f"checkpoint.init_from_hf={path} has another tokenizer than the store at "
-            "data.path; prepare the store with its tokenizer.model."
-        )
-    # Every process reads the file and places its own shards; no host holds another's.
-    put = lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i])  # noqa: E731
-    sharded = jax.tree.map(put, params, trainer.param_shardings)
-
-    def build(p: Any, key: jax.Array) -> TrainState:
-        # The step and dropout RNG exactly as a fresh run makes them; XLA drops the random
-        # parameters that this state does not use.
-        fresh = trainer._init_state(key)
-        return TrainState(fresh.step, p, trainer.optimizer.init(p), fresh.rng)
-
-    init = jax.jit(build, out_shardings=trainer.state_shardings)  # as Trainer.init
-    return init(sharded, jax.random.key(trainer.config.train.seed))
-
-
 def _trim_metrics(path: epath.Path, last_step: int) -> None:
     """Keeps only rows up to `last_step` (and drops a line cut short by a kill)."""
     if not path.exists():
@@ -206,13 +165,12 @@ def _trim_metrics(path: epath.Path, last_step: int) -> None:
 
 
 def _copy_tokenizer(config: Config, workdir: epath.Path) -> None:
-    """Keeps the store's tokenizer.model in the workdir, for `bertgpt export`."""
-    source = Path(config.data.path) / TOKENIZER_FILE
-    target = workdir / TOKENIZER_FILE
-    if not config.data.path or not source.is_file():
+    """Keeps the store's tokenizer files in the workdir, for `bertgpt export`."""
+    if not config.data.path:
         return
-    if not target.is_file() or target.read_bytes() != source.read_bytes():
-        fs.copy_file(source, target)
+    source = tokenizer_location(Path(config.data.path))
+    if source.exists():
+        store_tokenizer(load_tokenizer(source), workdir)
 
 
 def _loop(

@@ -14,16 +14,20 @@ from bertgpt_jax.core.config import Config
 from bertgpt_jax.data.pretrain.bert_examples import BertExampleBuilder
 from bertgpt_jax.data.pretrain.gpt_examples import GptExampleBuilder
 from bertgpt_jax.data.store import StoreSplit
-from bertgpt_jax.data.tokenizer import Tokenizer
+from bertgpt_jax.data.tokenizers import Tokenizer
 
 
 def _masked_lm(config: Config, split: StoreSplit, tokenizer: Tokenizer) -> BertExampleBuilder:
+    tokenizer.specials.require(("cls", "sep", "mask"), str(tokenizer.path), "masked LM")
     word_starts = tokenizer.word_start_table() if config.data.whole_word_masking else None
-    return BertExampleBuilder(split, config.data, tokenizer.vocab_size, word_starts)
+    return BertExampleBuilder(
+        split, config.data, tokenizer.specials, tokenizer.special_table(), word_starts
+    )
 
 
 def _causal_lm(config: Config, split: StoreSplit, tokenizer: Tokenizer) -> GptExampleBuilder:
-    return GptExampleBuilder(split, config.data)
+    tokenizer.specials.require(("eos",), str(tokenizer.path), "causal LM")
+    return GptExampleBuilder(split, config.data, tokenizer.specials)
 
 
 # task name -> (Philox stream word, builder factory)

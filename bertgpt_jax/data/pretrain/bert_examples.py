@@ -31,7 +31,7 @@ from bertgpt_jax.core.config import DataConfig
 from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data.pretrain.masking import mask_tokens
 from bertgpt_jax.data.store import StoreSplit
-from bertgpt_jax.data.tokenizer import CLS_ID, NUM_SPECIAL, SEP_ID
+from bertgpt_jax.data.tokenizers import SpecialIds
 
 # Scalar uniforms per example, before the 3 * L masking uniforms.
 _SHORT, _TARGET, _SPLIT, _COIN, _DOC, _START, _CUT_A, _CUT_B = range(8)
@@ -85,16 +85,23 @@ class BertExampleBuilder:
         self,
         split: StoreSplit,
         config: DataConfig,
-        vocab_size: int,
+        specials: SpecialIds,
+        special_table: np.ndarray,
         word_starts: np.ndarray | None = None,
     ) -> None:
+        """`specials` must have cls, sep and mask; `special_table` [V] marks every special id
+        (never chosen for masking, never a random replacement)."""
         if config.seq_len < 8:
             raise DataError(f"data.seq_len={config.seq_len} is too short for BERT; use >= 8.")
         if config.max_predictions_per_seq < 1:
             raise DataError("data.max_predictions_per_seq must be at least 1.")
         self.split = split
         self.config = config
-        self.vocab_size = vocab_size
+        self.cls, self.sep = int(specials.cls), int(specials.sep)  # type: ignore[arg-type]
+        self.mask = int(specials.mask)  # type: ignore[arg-type]
+        self.pad = specials.pad or 0  # padding is never attended to (segment id 0)
+        self.special_table = special_table
+        self.replacements = np.flatnonzero(~special_table)  # random-token candidates
         self.word_starts = word_starts if config.whole_word_masking else None
         self.two_segments = config.pair_task != "none"
         self.max_tokens = config.seq_len - (3 if self.two_segments else 2)
@@ -165,15 +172,15 @@ class BertExampleBuilder:
         source = np.where(in_a, a[0][:, None] + pos - 1, 0)
         source = np.where(in_b, b[0][:, None] + pos - len_a - 2, source)
         text = in_a | in_b
-        ids = np.where(text, np.asarray(self.split.tokens[source], dtype=np.int64), 0)
-        ids = np.where(pos == 0, CLS_ID, ids)
-        ids = np.where((pos == len_a + 1) | (self.two_segments & (pos == end - 1)), SEP_ID, ids)
+        ids = np.where(text, np.asarray(self.split.tokens[source], dtype=np.int64), self.pad)
+        ids = np.where(pos == 0, self.cls, ids)
+        ids = np.where((pos == len_a + 1) | (self.two_segments & (pos == end - 1)), self.sep, ids)
         real = pos < end
         return {
             "input_ids": ids,
             "token_type_ids": (self.two_segments & (pos > len_a + 1) & real).astype(np.int32),
             "segment_ids": real.astype(np.int32),
-            "eligible": text & (ids >= NUM_SPECIAL),
+            "eligible": text & ~self.special_table[ids],
         }
 
     def build(self, example_ids: np.ndarray, uniforms: np.ndarray) -> dict[str, np.ndarray]:
@@ -187,7 +194,8 @@ class BertExampleBuilder:
             uniforms[:, _NUM_SCALARS:],
             masked_lm_prob=self.config.masked_lm_prob,
             max_predictions=self.config.max_predictions_per_seq,
-            vocab_size=self.vocab_size,
+            mask_id=self.mask,
+            replacements=self.replacements,
             word_starts=self.word_starts,
         )
         batch, length = rows["input_ids"].shape

@@ -20,7 +20,7 @@ import numpy as np
 
 from bertgpt_jax.core.config import DataConfig
 from bertgpt_jax.data.store import StoreSplit
-from bertgpt_jax.data.tokenizer import EOT_ID, PAD_ID
+from bertgpt_jax.data.tokenizers import SpecialIds
 
 
 class GptExampleBuilder:
@@ -28,8 +28,12 @@ class GptExampleBuilder:
 
     num_uniforms = 0
 
-    def __init__(self, split: StoreSplit, config: DataConfig) -> None:
+    def __init__(self, split: StoreSplit, config: DataConfig, specials: SpecialIds) -> None:
+        """`specials` must have eos (<|endoftext|>); padding uses pad, else eos (GPT-2 has no
+        pad token; padded targets carry no loss weight)."""
         self.split = split
+        self.eos = int(specials.eos)  # type: ignore[arg-type]
+        self.pad = self.eos if specials.pad is None else specials.pad
         self.config = config
         self.doc_start, doc_end = split.document_token_bounds()  # [D] token bounds in the store
         self.doc_len = doc_end - self.doc_start
@@ -53,8 +57,8 @@ class GptExampleBuilder:
         offset = stream - self.stream_start[doc]
         is_end = offset >= self.doc_len[doc]
         source = self.doc_start[doc] + np.minimum(offset, np.maximum(self.doc_len[doc] - 1, 0))
-        ids = np.where(is_end, EOT_ID, np.asarray(self.split.tokens[source], dtype=np.int64))
-        ids = np.where(real, ids, PAD_ID).astype(np.int32)
+        ids = np.where(is_end, self.eos, np.asarray(self.split.tokens[source], dtype=np.int64))
+        ids = np.where(real, ids, self.pad).astype(np.int32)
         inputs_real = real[:, :length]
         if self.config.document_attention:
             segment = np.where(inputs_real, doc[:, :length] - doc[:, :1] + 1, 0)

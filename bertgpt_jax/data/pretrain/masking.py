@@ -5,9 +5,9 @@ The recipe of google-research/bert (`create_masked_lm_predictions`), with its nu
 * per row, n = min(P, max(1, round(masked_lm_prob * E))) positions are chosen uniformly among
   the E eligible tokens (real, non-special) — the 15% rule, capped at max_predictions_per_seq;
 * of the chosen positions, 80% become [MASK], 10% a random token and 10% keep the original;
-  the random token is uniform over the non-special ids [NUM_SPECIAL, vocab_size);
-* whole-word masking chooses words instead (a word is a piece that starts with SentencePiece's
-  word-start mark plus the continuation pieces after it), visiting words in random order and
+  the random token is uniform over the non-special ids;
+* whole-word masking chooses words instead (a word is a piece that starts a word, by the
+  tokenizer's word-start table, plus the continuation pieces after it), visiting words in random order and
   taking each one that still fits in n, as the original does; the 80/10/10 draw stays per token.
 
 All randomness comes in as per-position uniforms, so the result is a pure function of them.
@@ -16,8 +16,6 @@ All randomness comes in as per-position uniforms, so the result is a pure functi
 from __future__ import annotations
 
 import numpy as np
-
-from bertgpt_jax.data.tokenizer import MASK_ID, NUM_SPECIAL
 
 
 def _num_predictions(eligible: np.ndarray, masked_lm_prob: float, cap: int) -> np.ndarray:
@@ -67,13 +65,16 @@ def mask_tokens(
     *,
     masked_lm_prob: float,
     max_predictions: int,
-    vocab_size: int,
+    mask_id: int,
+    replacements: np.ndarray,
     word_starts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Corrupts `input_ids` [B, L] and returns the masked-LM batch entries.
 
     `eligible` [B, L] marks the tokens that may be chosen; `uniforms` [B, 3L] holds each
-    position's choice priority, its 80/10/10 draw and its random-token draw. `word_starts` [V]
+    position's choice priority, its 80/10/10 draw and its random-token draw; `mask_id` is the
+    [MASK] id and `replacements` the ids a random replacement is drawn from (uniformly: every
+    id but the special ones). `word_starts` [V]
     (from `Tokenizer.word_start_table`) turns on whole-word masking.
     Returns input_ids [B, L], mlm_positions / mlm_ids [B, P] int32, mlm_weights [B, P] float32;
     chosen positions are sorted, unused slots point at position 0 with weight 0.
@@ -85,8 +86,8 @@ def mask_tokens(
         chosen = _choose_tokens(eligible, priority, n)
     else:
         chosen = _choose_words(eligible, word_starts[input_ids], priority, n)
-    random_ids = NUM_SPECIAL + (replacement * (vocab_size - NUM_SPECIAL)).astype(np.int64)
-    corrupted = np.where(kind < 0.8, MASK_ID, np.where(kind < 0.9, random_ids, input_ids))
+    random_ids = replacements[(replacement * len(replacements)).astype(np.int64)]
+    corrupted = np.where(kind < 0.8, mask_id, np.where(kind < 0.9, random_ids, input_ids))
     masked_ids = np.where(chosen, corrupted, input_ids).astype(np.int32)
 
     # Sorted chosen positions first, then unused slots (position `length` sorts last).

@@ -1,23 +1,19 @@
-"""SentencePiece tokenizers: training, importing a user's model, loading, and identity.
+"""SentencePiece tokenizers: training, importing a user's model, loading.
 
-Every tokenizer this project uses has the same special tokens at the same ids, so that example
-builders, models and exported checkpoints can hard-code them:
+`bertgpt tokenizer` trains SentencePiece models with one special-token layout,
 
     [PAD]=0  [UNK]=1  [CLS]=2  [SEP]=3  [MASK]=4  <|endoftext|>=5
 
-SentencePiece owns ids 0 and 1 (pad_id, unk_id); bos/eos are disabled and the other four are
-user-defined symbols, which SentencePiece places right after in the order given. A tokenizer
-directory holds `tokenizer.model` (the SentencePiece model, kept verbatim so it can later be
-exported to HuggingFace) and `tokenizer.json` (its identity, written last).
-
-The identity is the sha256 of the model file plus the special ids and the vocabulary size; it
-is copied into every prepared store so a store can never be read with another tokenizer.
+(SentencePiece owns ids 0 and 1 as pad_id and unk_id; bos/eos are disabled and the other four
+are user-defined symbols, placed right after in the order given). A model from elsewhere keeps
+its own layout: the special ids are read from the model (its pad/unk/bos/eos ids and the
+pieces named [CLS], [SEP], [MASK], <|endoftext|> or their <cls>-style spellings). A tokenizer
+directory holds `tokenizer.model` (the model, kept verbatim so it can later be exported to
+HuggingFace) and `tokenizer.json` (how it was made, and its identity, written last).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -27,10 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 import sentencepiece as spm
-from etils import epath
 
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.errors import DataError
+from bertgpt_jax.data.tokenizers.base import SpecialIds, Tokenizer, TokenizerIdentity, files_sha256
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID, EOT_ID = 0, 1, 2, 3, 4, 5
 SPECIAL_TOKENS: dict[str, int] = {
@@ -48,41 +44,25 @@ INFO_FILE = "tokenizer.json"
 WORD_START = "\u2581"
 
 
-def model_sha256(model: bytes | Path | epath.Path) -> str:
-    """The digest that identifies a tokenizer model file (given as its bytes or its path)."""
-    data = model if isinstance(model, bytes) else model.read_bytes()
-    return hashlib.sha256(data).hexdigest()
+# Piece spellings of the special tokens SentencePiece has no id accessor for.
+_SPELLINGS = {
+    "cls": ("[CLS]", "<cls>"),
+    "sep": ("[SEP]", "<sep>"),
+    "mask": ("[MASK]", "<mask>"),
+    "eos": ("<|endoftext|>",),
+}
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenizerIdentity:
-    """What makes two tokenizers interchangeable: the exact model bytes and the id contract."""
+class SentencePieceTokenizer(Tokenizer):
+    """A loaded SentencePiece model; its special ids are read from it."""
 
-    model_sha256: str
-    vocab_size: int
-    special_ids: tuple[tuple[str, int], ...] = tuple(SPECIAL_TOKENS.items())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model_sha256": self.model_sha256,
-            "vocab_size": self.vocab_size,
-            "special_ids": dict(self.special_ids),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TokenizerIdentity:
-        return cls(
-            model_sha256=str(data["model_sha256"]),
-            vocab_size=int(data["vocab_size"]),
-            special_ids=tuple((str(k), int(v)) for k, v in data["special_ids"].items()),
-        )
-
-
-class Tokenizer:
-    """A loaded SentencePiece model with the project's special-token contract checked."""
+    kind = "sentencepiece"
 
     def __init__(self, model_path: str | Path) -> None:
-        self.model_path = Path(model_path)
+        self.model_path = self.path = Path(model_path)
+        info = self.model_path.parent / INFO_FILE
+        # The model defines it; the tokenizer.json beside it records how it was made.
+        self.files = (self.model_path, info) if info.is_file() else (self.model_path,)
         data = _read_model_bytes(self.model_path)
         self.processor = spm.SentencePieceProcessor()
         try:
@@ -92,8 +72,15 @@ class Tokenizer:
                 f"{self.model_path} is not a SentencePiece model ({err}); pass a `.model` file "
                 "or a directory written by `bertgpt tokenizer`."
             ) from err
-        _check_special_ids(self.processor, self.model_path)
-        self.identity = TokenizerIdentity(model_sha256(data), self.vocab_size)
+        self.specials = _special_ids(self.processor)
+        named = {self.processor.IdToPiece(i): i for i in self.specials.present().values()}
+        self._identity = TokenizerIdentity(
+            files_sha256(self.files[:1]), self.vocab_size, tuple(sorted(named.items(), key=_by_id))
+        )
+
+    @property
+    def identity(self) -> TokenizerIdentity:
+        return self._identity
 
     @property
     def vocab_size(self) -> int:
@@ -106,11 +93,14 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.processor.Decode([int(i) for i in ids])
 
+    def piece(self, token_id: int) -> str:
+        return str(self.processor.IdToPiece(int(token_id)))
+
     def word_start_table(self) -> np.ndarray:
         """[V] bool: True where a piece begins a word (used by whole-word masking)."""
         pieces = (self.processor.IdToPiece(i) for i in range(self.vocab_size))
         table = np.fromiter((p.startswith(WORD_START) for p in pieces), bool, self.vocab_size)
-        table[:NUM_SPECIAL] = True
+        table[self.specials.ids()] = True
         return table
 
 
@@ -123,16 +113,31 @@ def _read_model_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _check_special_ids(sp: spm.SentencePieceProcessor, path: Path) -> None:
-    found = {"[PAD]": sp.pad_id(), "[UNK]": sp.unk_id()}
-    for piece in list(SPECIAL_TOKENS)[2:]:
-        found[piece] = sp.PieceToId(piece) if sp.PieceToId(piece) != sp.unk_id() else -1
-    for piece, want in SPECIAL_TOKENS.items():
-        if found[piece] != want:
-            raise DataError(
-                f"tokenizer {path} has {piece} at id {found[piece]} instead of {want}; train it "
-                "with `bertgpt tokenizer`, which fixes the special-token ids."
-            )
+def _by_id(item: tuple[str, int]) -> int:
+    return item[1]
+
+
+def _special_ids(sp: spm.SentencePieceProcessor) -> SpecialIds:
+    """The model's special ids: its own pad/unk/bos/eos, then the named pieces."""
+
+    def own(value: int) -> int | None:
+        return value if value >= 0 else None
+
+    found: dict[str, int | None] = {
+        "pad": own(sp.pad_id()),
+        "unk": own(sp.unk_id()),
+        "bos": own(sp.bos_id()),
+        "eos": own(sp.eos_id()),
+    }
+    for name, spellings in _SPELLINGS.items():
+        for piece in spellings:
+            token_id = sp.PieceToId(piece)
+            if token_id != sp.unk_id() and sp.IdToPiece(token_id) == piece:
+                found[name] = token_id
+                break
+    if found["bos"] is None:  # GPT-2's recipe: <|endoftext|> also begins a document
+        found["bos"] = found["eos"]
+    return SpecialIds(**found)
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -141,16 +146,12 @@ def resolve_model_path(path: str | Path) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    return Tokenizer(resolve_model_path(path))
-
-
-def _write_dir(output_dir: Path, model: bytes, info: dict[str, Any]) -> Tokenizer:
+def _write_dir(output_dir: Path, model: bytes, info: dict[str, Any]) -> SentencePieceTokenizer:
     """Writes the model, then tokenizer.json last, each through a rename, so a crash never leaves
     a directory whose tokenizer.json describes a model that is not there."""
     output_dir.mkdir(parents=True, exist_ok=True)
     fs.atomic_write(output_dir / MODEL_FILE, lambda tmp: tmp.write_bytes(model))
-    tokenizer = Tokenizer(output_dir / MODEL_FILE)
+    tokenizer = SentencePieceTokenizer(output_dir / MODEL_FILE)
     text = json.dumps({**info, "identity": tokenizer.identity.to_json()}, indent=2) + "\n"
     fs.atomic_write(output_dir / INFO_FILE, lambda tmp: tmp.write_text(text))
     return tokenizer
@@ -174,7 +175,7 @@ def train_tokenizer(
     max_sentences: int = 2_000_000,
     inputs_fingerprint: str = "",
     description: str = "the input",
-) -> Tokenizer:
+) -> SentencePieceTokenizer:
     """Trains a SentencePiece model on `sentences` into `output_dir`.
 
     `inputs_fingerprint` identifies the training text; if `output_dir` already holds a tokenizer
@@ -193,7 +194,7 @@ def train_tokenizer(
     trained_from = {"inputs": inputs_fingerprint, "options": options}
     existing = read_info(output_dir)
     if inputs_fingerprint and existing and existing.get("trained_from") == trained_from:
-        return Tokenizer(output_dir / MODEL_FILE)
+        return SentencePieceTokenizer(output_dir / MODEL_FILE)
     if vocab_size <= NUM_SPECIAL + 2:
         raise DataError(f"--vocab-size {vocab_size} is too small; use at least 64.")
     model = io.BytesIO()
@@ -230,10 +231,10 @@ def _limit(sentences: Iterable[str], limit: int) -> Iterator[str]:
         yield sentence
 
 
-def import_tokenizer(model_path: str | Path, output_dir: str | Path) -> Tokenizer:
-    """Copies a user's own SentencePiece model into a tokenizer directory after checking that it
-    keeps the special-token ids."""
+def import_tokenizer(model_path: str | Path, output_dir: str | Path) -> SentencePieceTokenizer:
+    """Copies a user's own SentencePiece model into a tokenizer directory (its special ids are
+    read from it; a task that needs one it lacks refuses it when the data is built)."""
     output = fs.require_local(output_dir, "tokenizer --output")
-    source = Tokenizer(resolve_model_path(model_path))
+    source = SentencePieceTokenizer(resolve_model_path(model_path))
     info = {"imported_from": str(source.model_path)}
     return _write_dir(output, source.model_path.read_bytes(), info)
