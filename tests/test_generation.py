@@ -17,6 +17,7 @@ import pytest
 import torch
 from flax import nnx
 from scipy import stats
+from test_data_shared import default_tokenizer
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2LMHeadModel, pipeline
 
@@ -24,8 +25,10 @@ from bertgpt_jax import load_pretrained
 from bertgpt_jax.cli import main
 from bertgpt_jax.core.config import MeshConfig, load_config
 from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.data.tokenizer import load_tokenizer
 from bertgpt_jax.generation import sampling
 from bertgpt_jax.hf import files as hf_files
+from bertgpt_jax.hf.tokenizer import write_hf_tokenizer
 from bertgpt_jax.parallel.sharding import make_mesh
 from bertgpt_jax.tasks import build_model
 
@@ -364,3 +367,29 @@ def test_cli_generate_and_fill_mask(gpt_dir, bert_dir, capsys):
     assert main(["generate", "--model", str(gpt_dir), "--prompt", "x", "--top-p", "2"]) == 2
     assert main(["fill-mask", "--model", str(gpt_dir), "the [MASK] sat"]) == 2
     assert "BERT" in capsys.readouterr().err
+
+
+def test_sentencepiece_tokenizer_as_in_a_workdir(tmp_path):
+    """A directory with only our SentencePiece tokenizer.model (what a training workdir keeps)
+    encodes, decodes and stops at its own <|endoftext|>; the exported tokenizer.json agrees."""
+    sp_path = default_tokenizer() / "tokenizer.model"
+    sp = load_tokenizer(sp_path).processor
+    outputs = {}
+    for kind in ("sentencepiece", "hf"):
+        config = dataclasses.replace(_config("gpt"), vocab_size=sp.GetPieceSize())
+        path = tmp_path / kind
+        hf_files.save_hf(path, _random_params(config, seed=5), config)
+        (path / "tokenizer.model").write_bytes(sp_path.read_bytes())
+        if kind == "hf":
+            write_hf_tokenizer(path, path / "tokenizer.model", False, config.max_len)
+        model = load_pretrained(path)
+        assert model.eos_id == sp.PieceToId("<|endoftext|>")
+        out = model.generate(["Return the value of"], 10, temperature=0.0)[0]
+        assert out.text == sp.Decode(out.ids)
+        outputs[kind] = out.ids
+    assert outputs["sentencepiece"] == outputs["hf"]
+    config = dataclasses.replace(_config("bert"), vocab_size=sp.GetPieceSize())
+    hf_files.save_hf(tmp_path / "bert", _random_params(config, seed=6), config)
+    (tmp_path / "bert" / "tokenizer.model").write_bytes(sp_path.read_bytes())
+    guesses = load_pretrained(tmp_path / "bert").fill_mask("Return a [MASK] of it.", top_k=2)
+    assert len(guesses) == 1 and len(guesses[0]) == 1 and len(guesses[0][0]) == 2
