@@ -160,20 +160,32 @@ class PretrainedModel:
         self,
         prompts: Sequence[str | Sequence[int]],
         max_new_tokens: int = 32,
-        **options: Any,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        seed: int | Sequence[int] = 0,
+        stop: Sequence[int | str] | str | None = None,
+        mesh: Mesh | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> list[Completion]:
         """Continues each prompt (a string or a token-id list) with up to max_new_tokens ids.
 
-        Options: temperature (0 = greedy; default 1), top_k (0 = off), top_p (1 = off),
-        min_p (0 = off), applied in that order (see generation/sampling.py); seed (one, or
-        one per prompt; the draws depend only on seed, prompt and position); stop (ids and/or
-        strings); mesh (a `parallel` mesh to shard parameters and cache over); on_text (called
-        with each new piece of text, single prompt). Returns per prompt a `Completion`: new
-        ids, their log-probabilities under the model, the text, and the stop reason.
+        temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 are off; the rules apply in that
+        order (generation/sampling.py). `seed` is one seed or one per prompt: a row's draws
+        depend only on its seed, its prompt and the position. Generation stops at the
+        tokenizer's EOS, at `stop` ids or strings, or after max_new_tokens. `mesh` shards
+        parameters and cache; `on_text` receives the text of a single prompt as it is
+        produced. Returns per prompt a `Completion`: the new ids, their log-probabilities under
+        the model, the text, and the stop reason.
         """
         from bertgpt_jax.generation.api import generate
 
-        return generate(self, prompts, max_new_tokens, **options)
+        return generate(
+            self, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_p=min_p, seed=seed, stop=stop, mesh=mesh, on_text=on_text,
+        )  # fmt: skip
 
     def fill_mask(
         self, texts: str | Sequence[str | Sequence[int]], top_k: int = 5
