@@ -1,4 +1,5 @@
-"""The `bertgpt` command: train | eval | export | bench | compile | tokenizer | prepare | ...
+"""The `bertgpt` command: train | eval | export | bench | compile | tokenizer | prepare |
+generate | fill-mask | ...
 
 One module per command (`COMMANDS`), each with `register(subparsers)` that adds its parser and
 a handler `func(args) -> int`. Every command reads a YAML config plus `section.key=value`
@@ -12,11 +13,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bertgpt_jax.cli import aot, bench, data, evaluate, export, train
+from bertgpt_jax.cli import aot, bench, data, evaluate, export, fill_mask, generate, train
 from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.perf import allocator
 
-COMMANDS = (train, evaluate, export, bench, aot, data)
+COMMANDS = (train, evaluate, export, bench, aot, data, generate, fill_mask)
 
 
 def build_parser() -> argparse.ArgumentParser:

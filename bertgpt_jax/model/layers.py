@@ -10,6 +10,7 @@ float32. Dropout is explicit: each call takes a PRNG key, or None for determinis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +123,55 @@ def attention_mask(segment_ids: Array, causal: bool) -> Array:
     return mask
 
 
+class KvCache(NamedTuple):
+    """The key/value cache for generation as one layer sees it: the stacked key, value
+    [layers, B, H, T, K], this layer's index, and per row the slot `start` [B] int32 at which
+    the current call's first token is written (its position). Writes scatter into the stacked
+    arrays, so a cache carried through a loop is updated in place, never copied. Heads come
+    before slots so that a decode step reads each head's keys and values as one contiguous
+    [T, K] matrix (XLA:CPU ran a step's attention 1.6x faster than on [B, T, H, K])."""
+
+    key: Array
+    value: Array
+    layer: Array | int
+    start: Array
+
+    def write(self, k: Array, v: Array) -> KvCache:
+        """The cache with k, v [B, L, H, K] written at each row's slots start .. start + L - 1."""
+        b, length = k.shape[:2]
+        rows = jnp.arange(b)[:, None]  # [B, 1]
+        slots = self.start[:, None] + jnp.arange(length)[None, :]  # [B, L]
+        # Indices around the heads slice: the indexed [B, L] come first, so k fits as it is.
+        key = self.key.at[self.layer, rows, :, slots].set(k.astype(self.key.dtype))
+        value = self.value.at[self.layer, rows, :, slots].set(v.astype(self.value.dtype))
+        names = (None, sh.ACT_BATCH, sh.ACT_HEADS, None, None)
+        return self._replace(key=sh.constrain(key, names), value=sh.constrain(value, names))
+
+    def read(self) -> tuple[Array, Array]:
+        """This layer's keys and values [B, H, T, K]."""
+        index = jax.lax.dynamic_index_in_dim
+        return index(self.key, self.layer, 0, False), index(self.value, self.layer, 0, False)
+
+
+def _single_query_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """q [B, 1, H, K] against k, v [B, H, T, K] with mask [B, 1, 1, T] -> [B, 1, H, K]: a
+    decode step's attention, two matrix-vector products per head."""
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("bhk,bhtk->bht", q[:, 0], k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, 0], logits * scale, jnp.finfo(jnp.float32).min)  # [B, H, T]
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bht,bhtk->bhk", probs, v, preferred_element_type=jnp.float32)
+    return out[:, None].astype(q.dtype)
+
+
+def cache_mask(index: Array, length: int, cache_len: int) -> Array:
+    """The causal mask [B, 1, L, T] of L new tokens at cache positions index .. index + L - 1
+    against T cache slots: slot t is visible to the token at position p when t <= p, so
+    slots beyond a row's own tokens (padding, stale values) are never read."""
+    query = index[:, None] + jnp.arange(length)[None, :]  # [B, L]
+    return (jnp.arange(cache_len)[None, None, :] <= query[:, :, None])[:, None]
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with separate Q, K, V projections of shape [D, H, K]."""
 
@@ -140,13 +190,25 @@ class Attention(nnx.Module):
         self.impl = config.attention_impl
         self.dropout_rate = config.attention_dropout_rate
 
-    def __call__(self, x: Array, mask: Array, key: Array | None) -> Array:
-        # x [B, L, D]; mask [B, 1, L, L]
+    def __call__(
+        self, x: Array, mask: Array, key: Array | None, cache: KvCache | None = None
+    ) -> tuple[Array, KvCache | None]:
+        """x [B, L, D]; mask [B, 1, L, L], or [B, 1, L, T] with a cache: this call's keys and
+        values are written into the cache at each row's index and the queries attend to all T
+        cached positions the mask allows. Returns the output [B, L, D] and the updated cache."""
         heads = (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_HEADS, None)
         q = sh.constrain(self.query(x), heads).astype(self.dtype)  # [B, L, H, K]
         k = sh.constrain(self.key(x), heads).astype(self.dtype)
         v = sh.constrain(self.value(x), heads).astype(self.dtype)
-        if key is None or self.dropout_rate == 0.0:
+        if cache is not None:
+            cache = cache.write(k, v)
+            k, v = cache.read()  # [B, H, T, K]
+            if q.shape[1] > 1:  # prefill: attend in the usual layout
+                k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, T, H, K]
+        if cache is not None and q.shape[1] == 1:
+            out = _single_query_attention(q, k, v, mask)
+        elif key is None or self.dropout_rate == 0.0:
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.impl)
         else:
             out = self._attention_with_dropout(q, k, v, mask, key)
@@ -155,7 +217,7 @@ class Attention(nnx.Module):
         w = self.out_kernel[...].reshape(h * hk, -1)  # [H*K, D]
         y = matmul("xz,zn->xn", out.reshape(b * length, h * hk), w, self.dtype)
         y = y.reshape(b, length, -1) + self.out_bias[...]
-        return sh.constrain(y, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))
+        return sh.constrain(y, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED)), cache
 
     def _attention_with_dropout(
         self, q: Array, k: Array, v: Array, mask: Array, key: Array

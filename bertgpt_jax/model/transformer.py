@@ -9,6 +9,7 @@ leading `layers` axis and applied with `jax.lax.scan`, so compile time does not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -16,7 +17,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bertgpt_jax.core.config import ModelConfig
-from bertgpt_jax.model.layers import Attention, Embeddings, LayerNorm, Mlp, attention_mask
+from bertgpt_jax.model.layers import (
+    Attention,
+    Embeddings,
+    KvCache,
+    LayerNorm,
+    Mlp,
+    attention_mask,
+    cache_mask,
+)
 from bertgpt_jax.ops.dropout import dropout, split_key
 from bertgpt_jax.ops.unstack import is_tuple, unstack_layers
 from bertgpt_jax.parallel import sharding as sh
@@ -42,17 +51,19 @@ class Block(nnx.Module):
         self.pre_norm = config.norm_position == "pre"
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x: Array, mask: Array, key: Array | None) -> Array:
+    def __call__(
+        self, x: Array, mask: Array, key: Array | None, cache: KvCache | None = None
+    ) -> tuple[Array, KvCache | None]:
         k_attn, k_attn_out, k_mlp_out = split_key(key, 3)
         if self.pre_norm:
-            h = self.attention(self.attention_norm(x), mask, k_attn)
+            h, cache = self.attention(self.attention_norm(x), mask, k_attn, cache)
             x = x + dropout(h, self.dropout_rate, k_attn_out)
             h = self.mlp(self.mlp_norm(x))
-            return x + dropout(h, self.dropout_rate, k_mlp_out)
-        h = self.attention(x, mask, k_attn)
+            return x + dropout(h, self.dropout_rate, k_mlp_out), cache
+        h, cache = self.attention(x, mask, k_attn, cache)
         x = self.attention_norm(x + dropout(h, self.dropout_rate, k_attn_out))
         h = self.mlp(x)
-        return self.mlp_norm(x + dropout(h, self.dropout_rate, k_mlp_out))
+        return self.mlp_norm(x + dropout(h, self.dropout_rate, k_mlp_out)), cache
 
 
 def _stack_state(config: ModelConfig, key: Array) -> tuple[nnx.GraphDef, nnx.State]:
@@ -121,7 +132,7 @@ class Transformer(nnx.Module):
 
         def body(h: Array, xs: tuple[nnx.State, Array | None]) -> tuple[Array, None]:
             layer_state, layer_key = xs
-            h = nnx.merge(graphdef, layer_state)(h, mask, layer_key)
+            h, _ = nnx.merge(graphdef, layer_state)(h, mask, layer_key)
             return sh.constrain(h, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED)), None
 
         if self.config.remat != "none":
@@ -134,3 +145,59 @@ class Transformer(nnx.Module):
             layer = jax.tree.map(lambda t, i=i: t[i], per_layer, is_leaf=is_tuple)
             x, _ = body(x, (layer, None if keys is None else keys[i]))
         return x
+
+    def layer_states(self) -> list[nnx.State]:
+        """Each layer's parameters, sliced from the stack: for a loop that applies the layers
+        many times (generation), which then slices them once instead of at every step."""
+        state = nnx.state(self.layers)
+        return [jax.tree.map(lambda t, i=i: t[i], state) for i in range(self.config.num_layers)]
+
+    def decode(
+        self,
+        input_ids: Array,
+        cache: tuple[Array, Array],
+        index: Array,
+        *,
+        layers: Sequence[nnx.State] | None = None,
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """The generation forward pass: input_ids [B, L] at positions index .. index + L - 1 of
+        each row (index [B] int32), attending to the stacked cache (key, value
+        [layers, B, H, T, K]) and writing their own keys and values into it. Prefill is L =
+        prompt length at index 0; a decode step is L = 1 at each row's length. The layers are
+        scanned or unrolled as in training, or unrolled over `layers` (from `layer_states`).
+        Returns the hidden states [B, L, D] and the updated cache. Deterministic (no dropout)."""
+        length = input_ids.shape[1]
+        positions = index[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]  # [B, L]
+        x = self.embeddings(input_ids, positions, None)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        mask = cache_mask(index, length, cache[0].shape[3])  # [B, 1, L, T]
+        graphdef, state = nnx.split(self.layers)
+
+        def body(carry: tuple, xs: tuple[nnx.State, Array | int]) -> tuple[tuple, None]:
+            # The whole cache rides in the carry and each layer scatters into its own slice in
+            # place (a scan output would rewrite the whole cache every step).
+            h, keys, values = carry
+            layer_state, i = xs
+            layer_cache = KvCache(keys, values, i, index)
+            h, new = nnx.merge(graphdef, layer_state)(h, mask, None, layer_cache)
+            assert new is not None
+            h = sh.constrain(h, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))
+            return (h, new.key, new.value), None
+
+        layer_ids = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        carry = (x, *cache)
+        if layers is not None:
+            for i, layer in enumerate(layers):
+                carry, _ = body(carry, (layer, i))
+        elif self.config.scan_layers:
+            carry, _ = jax.lax.scan(body, carry, (state, layer_ids))
+        else:
+            per_layer = jax.tree.map(unstack_layers, state)
+            for i in range(self.config.num_layers):
+                layer = jax.tree.map(lambda t, i=i: t[i], per_layer, is_leaf=is_tuple)
+                carry, _ = body(carry, (layer, i))
+        x, keys, values = carry
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, (keys, values)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import ModelConfig
 from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.generation.generator import Completion, Generator
+from bertgpt_jax.generation.text import TextTokenizer, load_text_tokenizer
 from bertgpt_jax.hf import files as hf_files
 from bertgpt_jax.hf import weights as hf
 from bertgpt_jax.tasks import Task, pretraining_task
@@ -77,15 +81,26 @@ def _forward(
 class PretrainedModel:
     """A model with fixed weights: `model(input_ids, token_type_ids=None, attention_mask=None)`."""
 
-    def __init__(self, config: ModelConfig, params: Mapping[str, Any], task: Task | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: Mapping[str, Any],
+        task: Task | None = None,
+        *,
+        tokenizer: TextTokenizer | None = None,
+        eos_id: int | None = None,
+    ):
         hf.check_params(params, config)
         self.config = config
         self.task = task or pretraining_task(config)
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id if eos_id is not None or tokenizer is None else tokenizer.eos_id
+        self._generators: dict[Mesh | None, Generator] = {}
         graphdef, state = nnx.split(self.task.abstract_model(config))
         nnx.replace_by_pure_dict(
             state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), dict(params))
         )
-        self._state = state
+        self._state, self._graphdef = state, graphdef
         # The graph definition is static; jit retraces only for a new input shape.
         self._forward = jax.jit(functools.partial(_forward, self.task, graphdef))
 
@@ -135,6 +150,59 @@ class PretrainedModel:
             types = self._check("token_type_ids", token_type_ids, shape, config.type_vocab_size)
         return self._forward(self._state, ids, types, mask)
 
+    def generator(self, mesh: Mesh | None = None) -> Generator:
+        """The generation program of this model (one per mesh; it counts its compiles)."""
+        if mesh not in self._generators:
+            self._generators[mesh] = Generator(self.config, self._graphdef, self._state, mesh)
+        return self._generators[mesh]
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        max_new_tokens: int = 32,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        seed: int | Sequence[int] = 0,
+        stop: Sequence[int | str] | str | None = None,
+        mesh: Mesh | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> list[Completion]:
+        """Continues each prompt (a string or a token-id list) with up to max_new_tokens ids.
+
+        temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 are off; the rules apply in that
+        order (generation/sampling.py). `seed` is one seed or one per prompt: a row's draws
+        depend only on its seed, its prompt and the position. Generation stops at the
+        tokenizer's EOS, at `stop` ids or strings, or after max_new_tokens. `mesh` shards
+        parameters and cache; `on_text` receives the text of a single prompt as it is
+        produced. Returns per prompt a `Completion`: the new ids, their log-probabilities under
+        the model, the text, and the stop reason.
+        """
+        from bertgpt_jax.generation.api import generate
+
+        return generate(
+            self, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_p=min_p, seed=seed, stop=stop, mesh=mesh, on_text=on_text,
+        )  # fmt: skip
+
+    def fill_mask(
+        self, texts: str | Sequence[str | Sequence[int]], top_k: int = 5
+    ) -> list[list[list[dict[str, Any]]]]:
+        """For each text, for each [MASK] in it, the top_k (token_id, token, score) guesses."""
+        from bertgpt_jax.generation.api import fill_mask
+
+        return fill_mask(self, texts, top_k)
+
+
+def _eos_id(path: Path) -> int | None:
+    """config.json's eos_token_id, where a HuggingFace directory gives one."""
+    if not hf_files.is_hf_dir(path):
+        return None
+    eos = json.loads((path / "config.json").read_text()).get("eos_token_id")
+    return eos if isinstance(eos, int) else None
+
 
 def load_pretrained(
     path: str | Path, dtype: Literal["float32", "bfloat16"] | None = None
@@ -155,7 +223,9 @@ def load_pretrained(
                 if dtype not in ("float32", "bfloat16"):
                     raise ConfigError(f"dtype={dtype!r} is not valid; use float32 or bfloat16.")
                 config = dataclasses.replace(config, dtype=dtype)
-            return PretrainedModel(config, params)
+            return PretrainedModel(
+                config, params, tokenizer=load_text_tokenizer(path), eos_id=_eos_id(path)
+            )
     raise ConfigError(
         f"{path} holds no model bertgpt-jax can load: a HuggingFace directory needs "
         "config.json and model.safetensors (write one with `save_pretrained` or "
