@@ -25,7 +25,7 @@ from bertgpt_jax import load_pretrained
 from bertgpt_jax.cli import main
 from bertgpt_jax.core.config import MeshConfig, load_config
 from bertgpt_jax.core.errors import ConfigError
-from bertgpt_jax.data.tokenizer import load_tokenizer
+from bertgpt_jax.data.tokenizers import load_tokenizer
 from bertgpt_jax.generation import sampling
 from bertgpt_jax.hf import files as hf_files
 from bertgpt_jax.hf.tokenizer import write_hf_tokenizer

@@ -1,10 +1,9 @@
 """Text in and out of generation: the tokenizer a model path ships with, its special ids, stop
 strings, and BERT's fill-mask.
 
-Special ids are read from the tokenizer files, never assumed: a HuggingFace directory's
-`tokenizer.json` (`tokenizers`, offline) with `config.json`'s eos_token_id and
-`tokenizer_config.json`'s mask token; a training workdir's SentencePiece `tokenizer.model` with
-its `<|endoftext|>` and `[MASK]` pieces.
+Special ids are read from the tokenizer (data/tokenizers: a HuggingFace directory's files or a
+SentencePiece model), never assumed; GPT's end of text is config.json's eos_token_id where it
+names one.
 """
 
 from __future__ import annotations
@@ -17,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from bertgpt_jax.core import fs
 from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.data.tokenizers import TOKENIZER_DIR, load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,59 +40,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _hf_tokenizer(path: Path) -> TextTokenizer | None:
-    if not (path / "tokenizer.json").is_file():
-        return None
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    config = _read_json(path / "tokenizer_config.json")
-    model_config = _read_json(path / "config.json")
-
-    def special(name: str) -> int | None:
-        value = config.get(name)
-        text = value.get("content") if isinstance(value, dict) else value
-        return None if text is None else tok.token_to_id(str(text))
-
-    eos = model_config.get("eos_token_id")
-    return TextTokenizer(
-        encode=lambda text: tok.encode(text, add_special_tokens=False).ids,
-        decode=lambda ids: tok.decode(list(ids), skip_special_tokens=True),
-        token=lambda i: tok.decode([int(i)], skip_special_tokens=False),
-        eos_id=eos if isinstance(eos, int) else special("eos_token"),
-        mask_id=special("mask_token"),
-        cls_id=special("cls_token"),
-        sep_id=special("sep_token"),
-    )
-
-
-def _sentencepiece_tokenizer(path: Path) -> TextTokenizer | None:
-    if not (path / "tokenizer.model").is_file():
-        return None
-    from bertgpt_jax.data.tokenizer import load_tokenizer
-
-    sp = load_tokenizer(path / "tokenizer.model").processor
-
-    def piece(name: str) -> int | None:
-        i = sp.PieceToId(name)
-        return None if i == sp.unk_id() else int(i)
-
-    return TextTokenizer(
-        encode=lambda text: list(sp.Encode(text)),
-        decode=lambda ids: sp.Decode([int(i) for i in ids]),
-        token=lambda i: sp.Decode([int(i)]) or sp.IdToPiece(int(i)),
-        eos_id=piece("<|endoftext|>"),
-        mask_id=piece("[MASK]"),
-        cls_id=piece("[CLS]"),
-        sep_id=piece("[SEP]"),
-    )
-
-
 def load_text_tokenizer(path: Path) -> TextTokenizer | None:
-    """The tokenizer stored with a model directory or workdir, or None if it has none."""
-    if str(path).startswith("gs://"):
+    """The tokenizer stored with a model directory or workdir (see data/tokenizers), or None if
+    it has none. GPT stops at config.json's eos_token_id where it names one."""
+    if fs.is_remote(path):
         return None
-    return _hf_tokenizer(path) or _sentencepiece_tokenizer(path)
+    location = path / TOKENIZER_DIR if (path / TOKENIZER_DIR).is_dir() else path
+    try:
+        tok = load_tokenizer(location)
+    except ConfigError:
+        return None
+    eos = _read_json(path / "config.json").get("eos_token_id")
+    return TextTokenizer(
+        encode=lambda text: tok.encode([text])[0],
+        decode=lambda ids: tok.decode(ids, skip_special=True),
+        token=lambda i: tok.decode([int(i)]) or tok.piece(int(i)),
+        eos_id=eos if isinstance(eos, int) else tok.specials.eos,
+        mask_id=tok.specials.mask,
+        cls_id=tok.specials.cls,
+        sep_id=tok.specials.sep,
+    )
 
 
 def cut_at_stop_string(

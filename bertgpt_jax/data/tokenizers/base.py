@@ -119,7 +119,8 @@ class Tokenizer(abc.ABC):
         """Token ids for each text, no special tokens added."""
 
     @abc.abstractmethod
-    def decode(self, ids: Iterable[int]) -> str: ...
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of `ids`; `skip_special` leaves the special tokens out."""
 
     @abc.abstractmethod
     def piece(self, token_id: int) -> str:

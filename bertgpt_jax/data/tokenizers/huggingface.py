@@ -151,8 +151,8 @@ class HfTokenizer(Tokenizer):
         del num_threads
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return str(self.backend.decode([int(i) for i in ids], skip_special_tokens=False))
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        return str(self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special))
 
     def piece(self, token_id: int) -> str:
         return str(self.backend.id_to_token(int(token_id)))

@@ -90,8 +90,9 @@ class SentencePieceTokenizer(Tokenizer):
         """Token ids for each text; SentencePiece encodes the batch on `num_threads` threads."""
         return self.processor.Encode(texts, num_threads=num_threads)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.processor.Decode([int(i) for i in ids])
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        special = set(self.specials.present().values()) if skip_special else set()
+        return self.processor.Decode([int(i) for i in ids if int(i) not in special])
 
     def piece(self, token_id: int) -> str:
         return str(self.processor.IdToPiece(int(token_id)))
