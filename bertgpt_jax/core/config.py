@@ -44,6 +44,9 @@ class ModelConfig:
 
     family: Literal["bert", "gpt"] = "bert"
     vocab_size: Int = 30522
+    # The embedding table (and tied output layer) is padded to a multiple of this many rows,
+    # e.g. 128, for matmul-friendly shapes; the padding is never predicted and export trims it.
+    vocab_multiple: Int = 1
     hidden_size: Int = 768
     num_layers: Int = 12
     num_heads: Int = 12
@@ -64,6 +67,10 @@ class ModelConfig:
     attention_impl: Literal["xla", "cudnn"] = "xla"
     scan_layers: Bool = True
     remat: Literal["none", "full", "dots", "dots_no_batch"] = "none"
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def head_dim(self) -> int:
@@ -234,7 +241,8 @@ def _validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
-    for key in ("num_layers", "hidden_size", "num_heads", "mlp_dim", "vocab_size", "max_len"):
+    keys = ("num_layers", "hidden_size", "num_heads", "mlp_dim", "vocab_size", "max_len")
+    for key in (*keys, "vocab_multiple"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"model.{key} must be positive, got {getattr(m, key)}.")
 

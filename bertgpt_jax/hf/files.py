@@ -4,6 +4,7 @@ name maps and config conversion they rely on live in weights.py and config.py.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -76,10 +77,11 @@ def read_model_config(path: str | Path) -> ModelConfig:
     return model_config_from_hf(hf_config)
 
 
-def load_hf(path: str | Path, seed: int = 0) -> tuple[ModelConfig, Params]:
+def load_hf(path: str | Path, seed: int = 0, vocab_multiple: int = 1) -> tuple[ModelConfig, Params]:
     """Reads an HF directory (config.json + safetensors) -> (ModelConfig, our params). Heads
-    the checkpoint lacks (BertModel, BertForMaskedLM) are initialised fresh from `seed`."""
-    config = read_model_config(path)
+    the checkpoint lacks (BertModel, BertForMaskedLM) are initialised fresh from `seed`; the
+    vocabulary is padded to `vocab_multiple` rows (zeros)."""
+    config = dataclasses.replace(read_model_config(path), vocab_multiple=vocab_multiple)
     state = read_safetensors(local_dir(path))
 
     def fresh() -> Params:

@@ -258,6 +258,14 @@ def _hf_shape(rule: Rule, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
     return (n_out, n_in) if rule.transpose else (n_in, n_out)
 
 
+# Parameters with a vocabulary axis first: padded here (model.vocab_multiple), not in HF files.
+_VOCAB_PARAMS = frozenset({"core/embeddings/token", "mlm_head/output_bias"})
+
+
+def _is_vocab(rule: Rule) -> bool:
+    return rule.ours[0] in _VOCAB_PARAMS
+
+
 def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every HF tensor name (tied aliases left out, as `save_pretrained` does) -> its shape."""
     ours = param_shapes(config)
@@ -266,7 +274,8 @@ def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         per_layer = _layered(rule)
         shapes = [ours[p][1:] if per_layer else ours[p] for p in rule.ours]
         for name in _names(rule, config.num_layers):
-            out[name] = _hf_shape(rule, shapes)
+            shape = _hf_shape(rule, shapes)
+            out[name] = (config.vocab_size, *shape[1:]) if _is_vocab(rule) else shape
     return out
 
 
@@ -327,7 +336,8 @@ def params_to_hf(params: Mapping[str, Any], config: ModelConfig) -> StateDict:
             for i, name in enumerate(_names(rule, config.num_layers)):
                 state[name] = _to_hf(rule, [p[i] for p in parts])
         else:
-            state[rule.hf] = _to_hf(rule, parts)
+            tensor = _to_hf(rule, parts)
+            state[rule.hf] = tensor[: config.vocab_size] if _is_vocab(rule) else tensor
     return state
 
 
@@ -384,6 +394,10 @@ def hf_to_params(
             for j, path in enumerate(rule.ours):
                 flat[path] = np.stack([parts[j] for parts in layers])
         else:
-            parts = _from_hf(rule, tensors[rule.hf], [ours[p] for p in rule.ours])
+            tensor = tensors[rule.hf]
+            if _is_vocab(rule):  # zero rows up to the padded vocabulary
+                rows = config.padded_vocab_size - tensor.shape[0]
+                tensor = np.pad(tensor, [(0, rows)] + [(0, 0)] * (tensor.ndim - 1))
+            parts = _from_hf(rule, tensor, [ours[p] for p in rule.ours])
             flat.update(zip(rule.ours, parts, strict=True))
     return traverse_util.unflatten_dict(flat, sep="/")

@@ -28,7 +28,7 @@ class MaskedLmHead(nnx.Module):
             config.hidden_size, (config.hidden_size,), (sh.EMBED, None), config, key
         )
         self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps)
-        self.output_bias = param(key, (config.vocab_size,), (sh.VOCAB,), 0.0)
+        self.output_bias = param(key, (config.padded_vocab_size,), (sh.VOCAB,), 0.0)
         self.activation = config.activation
 
     def __call__(self, hidden: Array, core: Transformer) -> Array:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bertgpt_jax.core.config import ModelConfig
+from bertgpt_jax.ops.cross_entropy import mask_padded_vocab
 from bertgpt_jax.ops.dropout import dropout
 from bertgpt_jax.ops.gelu import activation
 from bertgpt_jax.ops.matmul import matmul
@@ -88,7 +89,9 @@ class Embeddings(nnx.Module):
         k_tok, k_pos, k_type = jax.random.split(key, 3)
         std = config.initializer_range
         d = config.hidden_size
-        self.token = param(k_tok, (config.vocab_size, d), (sh.VOCAB, sh.EMBED), std)
+        # Padded to model.vocab_multiple rows; the padding is never predicted (see attend).
+        self.token = param(k_tok, (config.padded_vocab_size, d), (sh.VOCAB, sh.EMBED), std)
+        self.vocab_size = config.vocab_size
         self.position = param(k_pos, (config.max_len, d), (None, sh.EMBED), std)
         self.token_type = (
             param(k_type, (config.type_vocab_size, d), (None, sh.EMBED), std)
@@ -105,8 +108,10 @@ class Embeddings(nnx.Module):
         return sh.constrain(x, (sh.ACT_BATCH, sh.ACT_SEQ, sh.ACT_EMBED))
 
     def attend(self, x: Array, dtype: jnp.dtype) -> Array:
-        """The tied output projection: [..., D] -> [..., V] logits in float32."""
+        """The tied output projection: [..., D] -> [..., V] logits in float32 (V the padded
+        vocabulary; its padding columns at the float32 minimum)."""
         y = matmul("xd,vd->xv", x.reshape(-1, x.shape[-1]), self.token[...], dtype)
+        y = mask_padded_vocab(y, self.vocab_size)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

@@ -76,28 +76,44 @@ def cross_entropy(logits: Array, labels: Array, weights: Array) -> LossSums:
     return LossSums((nll * weights).sum(), weights.sum(), (correct * weights).sum())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def tied_head_nll(dtype: str, x: Array, table: Array, labels: Array) -> tuple[Array, Array]:
-    nll, gap, _ = _nll_forward(_head_logits(dtype, x, table), labels)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def tied_head_nll(
+    dtype: str, valid: int, x: Array, table: Array, labels: Array
+) -> tuple[Array, Array]:
+    """Per-row NLL (and max gap) of `labels` under logits x @ table.T; table rows from `valid`
+    on are vocabulary padding (model.vocab_multiple) and can never be predicted."""
+    nll, gap, _ = _nll_forward(_head_logits(dtype, valid, x, table), labels)
     return nll, gap
 
 
-def _head_logits(dtype: str, x: Array, table: Array) -> Array:
+def mask_padded_vocab(logits: Array, valid: int) -> Array:
+    """logits [..., V_padded] with the columns from `valid` on at the float32 minimum: padded
+    vocabulary rows get probability 0 (exactly, after exp) and are never an argmax."""
+    if valid >= logits.shape[-1]:
+        return logits
+    column = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.where(column < valid, logits, jnp.finfo(jnp.float32).min)
+
+
+def _head_logits(dtype: str, valid: int, x: Array, table: Array) -> Array:
     # [N, D] x [V, D] -> [N, V] float32
-    return jnp.einsum(
+    logits = jnp.einsum(
         "xd,vd->xv", x.astype(dtype), table.astype(dtype), preferred_element_type=jnp.float32
     )
+    return mask_padded_vocab(logits, valid)
 
 
-def _tied_head_fwd(dtype: str, x: Array, table: Array, labels: Array) -> tuple[tuple, tuple]:
-    logits = _head_logits(dtype, x, table)
+def _tied_head_fwd(
+    dtype: str, valid: int, x: Array, table: Array, labels: Array
+) -> tuple[tuple, tuple]:
+    logits = _head_logits(dtype, valid, x, table)
     nll, gap, lse = _nll_forward(logits, labels)
     # Zero-size markers carry the input dtypes (residuals must be arrays).
     markers = (jnp.zeros(0, x.dtype), jnp.zeros(0, table.dtype))
     return (nll, gap), (logits, lse, labels, x.astype(dtype), table.astype(dtype), markers)
 
 
-def _tied_head_bwd(dtype: str, res: tuple, cotangents: tuple[Array, Array]) -> tuple:
+def _tied_head_bwd(dtype: str, valid: int, res: tuple, cotangents: tuple[Array, Array]) -> tuple:
     logits, lse, labels, xc, tc, (x_marker, t_marker) = res
     g_nll, _ = cotangents  # the max gap only feeds the (non-differentiated) accuracy
     # d nll / d logits = softmax - onehot(label), times each row's cotangent. The softmax part

@@ -75,7 +75,18 @@ def _forward(
         segment_ids=segment_ids,
         token_type_ids=token_type_ids,
     )
-    return {name: value.astype(jnp.float32) for name, value in out.items()}
+    return {name: _real_vocab(value, model.config) for name, value in out.items()}
+
+
+def _real_vocab(value: Array, config: ModelConfig) -> Array:
+    """float32 `value`, its vocabulary padding (model.vocab_multiple) cut off: logits have the
+    real vocabulary size."""
+    if (
+        config.padded_vocab_size != config.vocab_size
+        and value.shape[-1] == config.padded_vocab_size
+    ):
+        value = value[..., : config.vocab_size]
+    return value.astype(jnp.float32)
 
 
 class PretrainedModel:

@@ -43,6 +43,7 @@ class CausalLm(Task):
             batch["targets"],
             batch["loss_weights"],
             model.config.dtype,
+            model.config.vocab_size,
         )
         return {"lm": lm}
 

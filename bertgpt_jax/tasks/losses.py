@@ -29,12 +29,18 @@ def causal_lm_loss(logits: Array, targets: Array, loss_weights: Array) -> LossSu
 
 
 def tied_causal_lm_loss(
-    hidden: Array, table: Array, targets: Array, loss_weights: Array, dtype: str
+    hidden: Array,
+    table: Array,
+    targets: Array,
+    loss_weights: Array,
+    dtype: str,
+    vocab_size: int | None = None,
 ) -> LossSums:
     """`causal_lm_loss` of the tied output projection `hidden @ table.T`, as one operation.
 
     hidden [B, L, D] final hidden states; table [V, D] the token embeddings; targets and
-    loss_weights [B, L]; dtype the matmul input dtype. The same sums as projecting with
+    loss_weights [B, L]; dtype the matmul input dtype; vocab_size the real vocabulary when the
+    table is padded (rows from it on are never predicted). The same sums as projecting with
     `Embeddings.attend` and calling `causal_lm_loss`, but the backward is written for the pair:
     the softmax part of the [B*L, V] logit gradient is produced in one pass, directly in the
     compute dtype, and the one-hot part is applied to the two products at the B*L labels only
@@ -45,7 +51,11 @@ def tied_causal_lm_loss(
     """
     d = hidden.shape[-1]
     nll, gap = tied_head_nll(
-        jnp.dtype(dtype).name, hidden.reshape(-1, d), table, targets.reshape(-1).astype(jnp.int32)
+        jnp.dtype(dtype).name,
+        table.shape[0] if vocab_size is None else vocab_size,
+        hidden.reshape(-1, d),
+        table,
+        targets.reshape(-1).astype(jnp.int32),
     )
     weights = loss_weights.reshape(-1).astype(jnp.float32)
     correct = (gap <= 0).astype(jnp.float32)

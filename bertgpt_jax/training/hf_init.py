@@ -25,7 +25,7 @@ from bertgpt_jax.training.provenance import RUNTIME_MODEL_KEYS, architecture_key
 from bertgpt_jax.training.step import Trainer, TrainState
 
 # How a model is run, not what it is: these stay as the config says.
-_KEEP = frozenset({"dtype", "attention_impl", "scan_layers", "remat"})
+_KEEP = frozenset({"dtype", "attention_impl", "scan_layers", "remat", "vocab_multiple"})
 
 
 def adopt_hf_architecture(config: Config, overrides: Sequence[str] = ()) -> Config:
@@ -61,7 +61,9 @@ def state_from_hf(trainer: Trainer, path: str | Path, tokenizer: dict | None) ->
     path = hf_files.local_dir(path, "checkpoint.init_from_hf")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint.init_from_hf={path} is not a directory.")
-    hf_model, params = hf_files.load_hf(path, seed=trainer.config.train.seed)
+    hf_model, params = hf_files.load_hf(
+        path, seed=trainer.config.train.seed, vocab_multiple=trainer.config.model.vocab_multiple
+    )
     changes = config_changes({"model": vars(hf_model)}, trainer.config)
     fatal = architecture_keys(changes)
     if fatal:
