@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +121,34 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def staging_path(target: Path, kind: str) -> Path:
+    """A hidden sibling `.NAME.KIND-PID-RANDOM` to build `target` in before renaming it into
+    place; the process id lets a later run tell one left by a killed process (`remove_stale`)."""
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale(target: Path, kinds: tuple[str, ...]) -> None:
+    """Deletes the hidden siblings of `target` that `staging_path` made for these kinds in a
+    process that is no longer running (killed mid-way): never anything else."""
+    if not target.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.({'|'.join(kinds)})-(\d+)-[0-9a-f]{{8}}")
+    for entry in target.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and int(match.group(2)) != os.getpid() and not _running(int(match.group(2))):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def copy_file(source: str | os.PathLike, target: epath.Path) -> None:

@@ -41,6 +41,21 @@ class TrainState:
     rng: Any  # uint32 key data; the step key is fold_in(rng, step)
 
 
+def all_finite(tree: Any) -> Array:
+    """bool []: every element of every floating-point leaf of `tree` is finite (one fused
+    reduction per leaf; integer leaves such as step counters are finite by construction)."""
+    flags = [
+        jnp.isfinite(x).all()
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.stack(flags).all() if flags else jnp.ones((), bool)
+
+
+def _keep(ok: Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
 def _zero_sums(terms: Mapping[str, Any]) -> dict[str, LossSums]:
     return {k: LossSums(*(jnp.zeros((), jnp.float32) for _ in range(3))) for k in terms}
 
@@ -69,6 +84,11 @@ class Trainer:
         self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
         self._eval_step = jax.jit(
             self._eval, in_shardings=(self.state_shardings, None), out_shardings=self.replicated
+        )
+        self._state_finite = jax.jit(
+            lambda s: all_finite((s.params, s.opt_state)),
+            in_shardings=(self.state_shardings,),
+            out_shardings=self.replicated,
         )
 
     @property
@@ -149,18 +169,23 @@ class Trainer:
         grad_norm = optax.global_norm(grads)
         metrics = self.task.metrics(terms, self.coefficients)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        # A non-finite step never reaches the state: the optimizer keeps parameters and moments
-        # as they were, and the host loop stops (nan_policy=stop) or carries on (skip).
         params, opt_state = self.optimizer.apply(
             grads, state.opt_state, state.params, grad_norm, finite
         )
+        # A non-finite step never reaches the state: neither a non-finite loss or gradient (the
+        # optimizer keeps parameters and moments as they were) nor an update that makes a
+        # parameter or moment non-finite from finite gradients (a learning rate too large, a
+        # moment that overflows); the host loop then stops (nan_policy=stop) or carries on (skip).
+        updated = all_finite((params, opt_state))
+        params = _keep(updated, params, state.params)
+        opt_state = _keep(updated, opt_state, state.opt_state)
         new_state = TrainState(
             step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng
         )
         metrics.update(
             grad_norm=grad_norm,
             learning_rate=self.schedule(state.step),
-            finite=finite.astype(jnp.float32),
+            finite=(finite & updated).astype(jnp.float32),
         )
         return new_state, metrics
 
@@ -170,6 +195,11 @@ class Trainer:
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         with jax.set_mesh(self.mesh):
             return self._train_step(state, batch)
+
+    def state_is_finite(self, state: TrainState) -> bool:
+        """Whether every parameter and optimizer moment is finite (checked before a save)."""
+        with jax.set_mesh(self.mesh):
+            return bool(jax.device_get(self._state_finite(state)))
 
     def lower_train_step(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
         """The train step lowered for these arguments (arrays or ShapeDtypeStructs), for compile
