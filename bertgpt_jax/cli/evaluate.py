@@ -30,6 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     from bertgpt_jax.parallel.sharding import make_mesh
     from bertgpt_jax.training.checkpoint import Checkpointer
     from bertgpt_jax.training.loop import evaluate
+    from bertgpt_jax.training.metrics import strict
     from bertgpt_jax.training.preflight import check_evaluation
     from bertgpt_jax.training.step import Trainer
 
@@ -41,7 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     if state is None:
         raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; run `bertgpt train` first.")
     metrics = evaluate(trainer, state, config)
-    print(json.dumps({"step": int(jax.device_get(state.step)), **metrics}))
+    row = {"step": int(jax.device_get(state.step)), **metrics}
+    print(json.dumps(strict(row), allow_nan=False))
     return 0
 
 

@@ -56,10 +56,14 @@ def flops_per_step(config: Config) -> float:
     return float(dense + get_task(config).head_flops(config))
 
 
+def strict(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with NaN and infinities (which RFC 8259 JSON has not) as None, i.e. null."""
+    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
+
+
 def json_line(row: dict[str, Any]) -> str:
-    """`row` as strict JSON (RFC 8259 has no NaN or Infinity): a non-finite value is null."""
-    clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
-    return json.dumps(clean, allow_nan=False)
+    """`row` as one line of strict JSON."""
+    return json.dumps(strict(row), allow_nan=False)
 
 
 class MetricsWriter:
