@@ -541,6 +541,35 @@ ROWS: list[tuple[str, str, Setup, int, str]] = [
         "workdir .*gone does not exist",
     ),
     ("cli", "unknown command", lambda e: ["trian"], 2, "invalid choice: 'trian'"),
+    (
+        "prepare",
+        "--output on a read-only file system",
+        lambda e: _prepare(e, Path("/proc/bertgpt-store")),
+        2,
+        "prepare --output /proc/bertgpt-store cannot be written",
+    ),
+    (
+        "tokenizer",
+        "--output on a read-only file system",
+        lambda e: [
+            "tokenizer",
+            "--input",
+            str(e.file("c.txt")),
+            "--vocab-size",
+            "64",
+            "--output",
+            "/proc/bertgpt-tok",
+        ],  # fmt: skip
+        2,
+        "tokenizer --output /proc/bertgpt-tok cannot be written",
+    ),
+    (
+        "checkpoints",
+        "export --output under a file",
+        lambda e: ["export", "--workdir", str(e.trained), "--output", str(e.file("f") / "hf")],
+        2,
+        "export --output .*hf cannot be created: .*f is a file",
+    ),
 ]
 
 

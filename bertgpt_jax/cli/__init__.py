@@ -49,4 +49,7 @@ def entry() -> int:
     (see perf/allocator.py), then runs `main`. Tests call `main` directly and keep their
     process."""
     allocator.reexec_with_tcmalloc("bertgpt_jax.cli", sys.argv[1:])
-    return main()
+    status = main()
+    # Event loops finalised at exit still print their noise: keep it dropped to the end.
+    sys.unraisablehook = failures.drop_event_loop_noise
+    return status

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from bertgpt_jax.cli.common import check_output
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data import bench, corpus, embedded, sources, store
@@ -90,6 +91,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     # A file or foreign files at --output are refused before any text is read; whether an
     # existing SentencePiece tokenizer is the same one (a no-op) or needs --overwrite is decided
     # when its inputs' fingerprint is known.
+    check_output(args.output, "tokenizer --output", sibling=False)
     output = fs.require_local(args.output, "tokenizer --output")
     if args.model_type in ("wordpiece", "byte-bpe") and not args.from_model:
         _check_hf_output(output, args.overwrite)
@@ -139,6 +141,7 @@ def run_tokenizer(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    check_output(args.output, "prepare --output", sibling=True)
     path = store.prepare_store(
         args.output,
         args.tokenizer,

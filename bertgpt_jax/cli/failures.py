@@ -44,7 +44,7 @@ def _os_sentence(err: OSError) -> str:
     return f"{err.strerror or err}{where}."
 
 
-def _drop_event_loop_noise(unraisable: Any) -> None:
+def drop_event_loop_noise(unraisable: Any) -> None:
     """sys.unraisablehook that drops 'Event loop is closed' from event loops of Orbax and
     TensorStore finalised after their loop (harmless, and hundreds of lines on a fall-back)."""
     value = unraisable.exc_value
@@ -61,7 +61,7 @@ def _one_line_warning(message: Any, category: type, *_: Any, **__: Any) -> None:
 def run(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
     """`handler(args)` with the exit statuses and sentences above."""
     command = f"bertgpt {args.command}"
-    sys.unraisablehook = _drop_event_loop_noise
+    hook, sys.unraisablehook = sys.unraisablehook, drop_event_loop_noise
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
@@ -74,5 +74,7 @@ def run(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) 
             sentence, status = _os_sentence(err), EXIT_FAULT
         except KeyboardInterrupt:
             sentence, status = "interrupted.", EXIT_INTERRUPTED
+        finally:
+            sys.unraisablehook = hook
     print(f"{command}: error: {' '.join(sentence.split())}", file=sys.stderr, flush=True)
     return status

@@ -123,6 +123,31 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def require_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """A local `path` that is a directory, or can be created as one, on a file system this
+    process can write to; else FsError naming `what` (e.g. "--workdir") and the fix. Nothing is
+    left behind: the probe file is created and removed in the nearest existing ancestor."""
+    if is_remote(path):
+        return  # object stores: writability shows at the first upload
+    target = Path(os.path.abspath(os.fspath(path)))
+    if target.exists() and not target.is_dir():
+        raise FsError(f"{what} {target} is a file, not a directory; choose another {what}.")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FsError(f"{what} {target} cannot be created: {existing} is a file; choose another.")
+    try:  # os.access is not enough: root passes it on read-only bind mounts and ACLs differ
+        handle, probe = tempfile.mkstemp(prefix=".bertgpt-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise FsError(
+            f"{what} {target} cannot be written ({err.strerror} in {existing}); choose a "
+            "directory on a writable file system."
+        ) from err
+
+
 def staging_path(target: Path, kind: str) -> Path:
     """A hidden sibling `.NAME.KIND-PID-RANDOM` to build `target` in before renaming it into
     place; the process id lets a later run tell one left by a killed process (`remove_stale`)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -62,28 +61,14 @@ def check_workdir(workdir: epath.Path, config: Config) -> None:
     for at least one checkpoint; its own entries have the kinds the trainer gives them."""
     if fs.is_remote(workdir):
         return  # object stores: writability shows at the first upload
+    fs.require_writable_dir(workdir, "--workdir")
     path = Path(os.fspath(workdir))
-    if path.exists() and not path.is_dir():
-        raise FsError(f"--workdir {path} is a file, not a directory; choose another --workdir.")
     for name in (CHECKPOINTS, "tb"):
         if (path / name).exists() and not (path / name).is_dir():
             raise FsError(f"{path / name} is a file; move it away, --workdir needs that name.")
     existing = path
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir():
-        raise FsError(
-            f"--workdir {path} cannot be created: {existing} is a file; choose another --workdir."
-        )
-    try:  # os.access is not enough: it ignores read-only mounts for some and root for others
-        handle, probe = tempfile.mkstemp(prefix=".bertgpt-probe-", dir=existing)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as err:
-        raise FsError(
-            f"--workdir {path} cannot be written ({err.strerror} in {existing}); choose a "
-            "directory on a writable file system."
-        ) from err
     need = _checkpoint_bytes(config)
     free = shutil.disk_usage(existing).free
     if free < need:
