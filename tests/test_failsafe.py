@@ -758,3 +758,15 @@ def test_the_real_command_exits_without_a_traceback(args, says, tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert says in _last_line(run.stderr) and _last_line(run.stderr).startswith("bertgpt train")
     assert sorted(os.listdir(tmp_path)) == ["list.yaml"]
+
+
+def test_a_killed_tokenizer_write_does_not_block_the_next_run(tmp_path, capsys):
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / f".tokenizer.model.tmp-{_dead_pid()}").write_bytes(b"half a model")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"word{i} and more text {i}\n" for i in range(300)))
+    argv = ["tokenizer", "--input", str(corpus), "--vocab-size", "80", "--output", str(out)]
+    status, err = _run(argv, capsys)
+    assert status == 0, err
+    assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer.model"]

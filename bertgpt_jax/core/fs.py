@@ -176,6 +176,17 @@ def remove_stale(target: Path, kinds: tuple[str, ...]) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def remove_stale_writes(directory: Path) -> None:
+    """Deletes the `.NAME.tmp-PID` files that `atomic_write` left in `directory` when its
+    process was killed mid-write (that process no longer running): never anything else."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        match = re.fullmatch(r"\..+\.tmp-(\d+)", entry.name)
+        if match and entry.is_file() and not _running(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+
+
 def copy_file(source: str | os.PathLike, target: epath.Path) -> None:
     write_bytes(target, epath.Path(source).read_bytes())
 

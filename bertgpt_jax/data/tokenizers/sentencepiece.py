@@ -163,6 +163,7 @@ def check_output(output_dir: Path, overwrite: bool) -> None:
     tokenizer this tool wrote (its tokenizer.json records an identity): never over other files."""
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError(f"tokenizer --output {output_dir} is a file; choose a directory.")
+    fs.remove_stale_writes(output_dir)  # a killed run's half-written files
     entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
     if not entries:
         return
