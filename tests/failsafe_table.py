@@ -192,6 +192,8 @@ ROWS: list[tuple[str, str, Setup, int, str]] = [
         r"already holds a tokenizer; pass --overwrite"),
     ("tokenizer", "foreign files even with --overwrite", lambda e: [*e.tokenize(e.mine()),
         "--overwrite"], 2, r"holds notes.txt, not a tokenizer written by"),
+    ("tokenizer", "WordPiece into foreign files", lambda e: [*e.tokenize(e.mine(), 200),
+        "--model-type", "wordpiece", "--overwrite"], 2, r"holds notes.txt, not a tokenizer"),
     ("tokenizer", "vocabulary too small for the characters", lambda e: e.tokenize(e.tmp / "t", 20,
         TEXT * 3), 2, r"raise --vocab-size or lower --character-coverage"),
     ("tokenizer", "vocabulary too large for the text", lambda e: e.tokenize(e.tmp / "t", 5000), 2,
