@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -261,3 +262,21 @@ def test_a_killed_tokenizer_write_does_not_block_the_next_run(tmp_path, capsys):
     status, err = _run(argv, capsys)
     assert status == 0, err
     assert sorted(os.listdir(out)) == ["tokenizer.json", "tokenizer.model"]
+
+
+def test_event_loop_noise_is_dropped_and_other_errors_are_not(caplog, capsys):
+    from bertgpt_jax.cli import failures
+
+    class Unraisable:
+        exc_value = RuntimeError("Event loop is closed")
+        exc_type, exc_traceback, err_msg, object = RuntimeError, None, None, None
+
+    failures.drop_event_loop_noise(Unraisable())
+    assert capsys.readouterr().err == ""
+    log = logging.getLogger("asyncio")
+    try:
+        raise RuntimeError("Event loop is closed")
+    except RuntimeError:
+        log.error("Task exception was never retrieved", exc_info=True)
+    log.error("a real asyncio error")
+    assert [r.getMessage() for r in caplog.records] == ["a real asyncio error"]

@@ -10,14 +10,16 @@ nothing else on the terminal.
 
 Anticipated conditions print `bertgpt COMMAND: error: SENTENCE` as the last line on stderr and
 no traceback. Third-party noise on paths known to be harmless is silenced here: asyncio's
-"Event loop is closed" from TensorStore/Orbax event loops collected at exit, and multi-line
-warnings, which print as one line each.
+"Event loop is closed" from TensorStore/Orbax event loops collected after their loop (raised
+or logged), and multi-line warnings, which print as one line each. Orbax's "Given directory is
+read only" is dropped where read-only managers are opened (pretrained/workdir.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -51,6 +53,18 @@ def drop_event_loop_noise(unraisable: Any) -> None:
     if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
         return
     sys.__unraisablehook__(unraisable)
+
+
+class _ClosedLoopFilter(logging.Filter):
+    """The same noise when asyncio logs it ("Task exception was never retrieved", "Exception
+    in callback") instead of raising it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return "Event loop is closed" not in f"{record.getMessage()} {error}"
+
+
+logging.getLogger("asyncio").addFilter(_ClosedLoopFilter())
 
 
 def _one_line_warning(message: Any, category: type, *_: Any, **__: Any) -> None:
