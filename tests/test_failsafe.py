@@ -280,3 +280,22 @@ def test_event_loop_noise_is_dropped_and_other_errors_are_not(caplog, capsys):
         log.error("Task exception was never retrieved", exc_info=True)
     log.error("a real asyncio error")
     assert [r.getMessage() for r in caplog.records] == ["a real asyncio error"]
+
+
+def test_damaged_checkpoints_through_the_real_command_are_quiet(shared, tmp_path):
+    """TensorStore's event loops, collected after a failed read, used to print 'Event loop is
+    closed' tracebacks by the dozen; the command prints one warning per step and its sentence."""
+    work = Path(shutil.copytree(shared["trained"], tmp_path / "w"))
+    for step in (1, 2):
+        largest_file(work / "checkpoints" / str(step) / "state").write_bytes(b"garbage")
+    argv = ["export", "--workdir", str(work), "--output", str(tmp_path / "hf")]
+    run = subprocess.run([sys.executable, "-m", "bertgpt_jax.cli", *argv], capture_output=True,
+                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                         timeout=120)  # fmt: skip
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert [line.split(" in ")[0] for line in lines[:-1]] == [
+        "warning: checkpoint step 2",
+        "warning: checkpoint step 1",
+    ], run.stderr
+    assert re.match(r"bertgpt export: error: none of the checkpoints in .* can be read", lines[-1])
