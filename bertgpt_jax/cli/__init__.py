@@ -4,7 +4,8 @@ generate | fill-mask | ...
 One module per command (`COMMANDS`), each with `register(subparsers)` that adds its parser and
 a handler `func(args) -> int`. Every command reads a YAML config plus `section.key=value`
 overrides where it trains or measures; configuration and data mistakes (`ConfigError` and its
-subclasses) are reported in one sentence with exit status 2, before any device work.
+subclasses) are reported in one sentence with exit status 2, before any device work, and runtime
+faults in one sentence with status 1 (cli/failures.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bertgpt_jax.cli import aot, bench, data, evaluate, export, fill_mask, generate, train
-from bertgpt_jax.core.errors import ConfigError
+from bertgpt_jax.cli import (
+    aot,
+    bench,
+    data,
+    evaluate,
+    export,
+    failures,
+    fill_mask,
+    generate,
+    train,
+)
 from bertgpt_jax.perf import allocator
 
 COMMANDS = (train, evaluate, export, bench, aot, data, generate, fill_mask)
@@ -29,12 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; exit statuses and error reporting as in cli/failures.py."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"bertgpt {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return failures.run(args, args.func)
 
 
 def entry() -> int:
@@ -42,4 +49,7 @@ def entry() -> int:
     (see perf/allocator.py), then runs `main`. Tests call `main` directly and keep their
     process."""
     allocator.reexec_with_tcmalloc("bertgpt_jax.cli", sys.argv[1:])
-    return main()
+    status = main()
+    # Event loops finalised at exit still print their noise: keep it dropped to the end.
+    sys.unraisablehook = failures.drop_event_loop_noise
+    return status

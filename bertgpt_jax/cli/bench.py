@@ -11,6 +11,9 @@ from bertgpt_jax.cli.common import add_config_args, start
 def _run(args: argparse.Namespace) -> int:
     config = start(args)
     from bertgpt_jax.perf.bench import run_bench
+    from bertgpt_jax.training.preflight import check_mesh
+
+    check_mesh(config)
 
     print(json.dumps(run_bench(config, steps=args.steps, warmup=args.warmup)))
     return 0

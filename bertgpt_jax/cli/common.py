@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import Config, load_config
 
 
@@ -31,3 +32,12 @@ def start(args: argparse.Namespace) -> Config:
         getattr(args, "process_id", None),
     )
     return config
+
+
+def check_output(path: str, what: str, sibling: bool) -> None:
+    """--output is a directory (or can be made one) on a writable file system; with `sibling`
+    (the output is built beside it and renamed into place) its folder must be writable too."""
+    local = fs.require_local(path, what)
+    fs.require_writable_dir(local, what)
+    if sibling:
+        fs.require_writable_dir(local.absolute().parent, f"the folder of {what}")

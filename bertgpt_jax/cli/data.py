@@ -11,7 +11,9 @@ import argparse
 import json
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
+from bertgpt_jax.cli.common import check_output
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.errors import DataError
 from bertgpt_jax.data import bench, corpus, embedded, sources, store
@@ -59,9 +61,44 @@ def _tfds_sentences(source: corpus.DocumentSource) -> Iterator[str]:
             yield from document
 
 
+# What `train_hf_tokenizer` writes: a folder holding only these is a tokenizer it wrote.
+_HF_TOKENIZER_FILES = frozenset({
+    "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt",
+    "tokenizer_config.json", "special_tokens_map.json",
+})  # fmt: skip
+
+
+def _check_hf_output(output: Path, overwrite: bool) -> None:
+    """A HuggingFace tokenizer is trained only into a new or empty folder, or with --overwrite
+    into one holding nothing but the files such a training writes."""
+    if output.exists() and not output.is_dir():
+        raise DataError(f"tokenizer --output {output} is a file; choose a directory.")
+    entries = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    foreign = [name for name in entries if name not in _HF_TOKENIZER_FILES]
+    if foreign:
+        raise DataError(
+            f"tokenizer --output {output} holds {', '.join(foreign[:3])}, not a tokenizer written "
+            "by `bertgpt tokenizer`; choose another --output."
+        )
+    if entries and not overwrite:
+        raise DataError(
+            f"tokenizer --output {output} already holds a tokenizer; pass --overwrite to replace "
+            "it, or choose another --output."
+        )
+
+
 def run_tokenizer(args: argparse.Namespace) -> int:
+    # A file or foreign files at --output are refused before any text is read; whether an
+    # existing SentencePiece tokenizer is the same one (a no-op) or needs --overwrite is decided
+    # when its inputs' fingerprint is known.
+    check_output(args.output, "tokenizer --output", sibling=False)
+    output = fs.require_local(args.output, "tokenizer --output")
+    if args.model_type in ("wordpiece", "byte-bpe") and not args.from_model:
+        _check_hf_output(output, args.overwrite)
+    else:
+        tokenizer.check_output(output, overwrite=True)
     if args.from_model:
-        tok = tokenizer.import_tokenizer(args.from_model, args.output)
+        tok = tokenizer.import_tokenizer(args.from_model, args.output, args.overwrite)
     else:
         if args.vocab_size is None:
             raise DataError("--vocab-size is required to train a tokenizer (or pass --from-model).")
@@ -97,12 +134,14 @@ def run_tokenizer(args: argparse.Namespace) -> int:
             max_sentences=args.max_sentences,
             inputs_fingerprint=fingerprint,
             description=description,
+            overwrite=args.overwrite,
         )
     print(json.dumps({"tokenizer": str(args.output), **tok.identity.to_json()}))
     return 0
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    check_output(args.output, "prepare --output", sibling=True)
     path = store.prepare_store(
         args.output,
         args.tokenizer,
@@ -151,6 +190,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--byte-fallback", action="store_true", help="unknown characters as bytes")
     p.add_argument("--max-sentences", type=int, default=2_000_000, help="train on the first N")
     p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace a tokenizer in --output")
     p.set_defaults(func=run_tokenizer)
 
     p = subparsers.add_parser("prepare", help="tokenize text once into a random-access store")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from bertgpt_jax.cli.common import check_output
+
 
 def _run(args: argparse.Namespace) -> int:
+    from bertgpt_jax.core import fs
     from bertgpt_jax.pretrained.export import export
 
+    if not fs.is_remote(args.output):
+        check_output(args.output, "export --output", sibling=True)
     out = export(args.workdir, args.output, args.step, args.dtype)
     print(json.dumps({"exported": str(out), "files": sorted(p.name for p in out.iterdir())}))
     return 0

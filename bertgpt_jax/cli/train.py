@@ -12,13 +12,14 @@ def _run(args: argparse.Namespace) -> int:
     config = start(args)
     from bertgpt_jax.training.hf_init import adopt_hf_architecture
     from bertgpt_jax.training.loop import train_and_evaluate
+    from bertgpt_jax.training.metrics import strict
 
     if config.checkpoint.init_from_hf:
         config = adopt_hf_architecture(config, args.overrides)
 
     metrics = train_and_evaluate(config, args.workdir, fresh=args.fresh, restore_step=args.step)
     if metrics:
-        print(json.dumps({"final": metrics}))
+        print(json.dumps({"final": strict(metrics)}, allow_nan=False))
     return 0
 
 

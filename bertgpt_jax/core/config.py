@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -245,6 +246,35 @@ def _validate(config: Config) -> None:
     for key in (*keys, "vocab_multiple"):
         if getattr(m, key) <= 0:
             raise ConfigError(f"model.{key} must be positive, got {getattr(m, key)}.")
+    _validate_numbers(t)
+
+
+# The largest float32: a learning rate above it is infinite on the device.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _validate_numbers(t: TrainConfig) -> None:
+    """Optimizer numbers that would make the very first update non-finite or meaningless."""
+    lr = t.learning_rate
+    if not (math.isfinite(lr) and 0.0 < lr < _FLOAT32_MAX):
+        raise ConfigError(
+            f"train.learning_rate={lr!r} must be a finite positive number (e.g. 1e-4 for BERT, "
+            "6e-4 for GPT-2 small)."
+        )
+    if not math.isfinite(t.grad_clip_norm):
+        raise ConfigError(f"train.grad_clip_norm={t.grad_clip_norm!r} must be finite (0: none).")
+    for key in ("weight_decay", "eps", "nsp_weight"):
+        value = getattr(t, key)
+        if not (math.isfinite(value) and 0.0 <= value < _FLOAT32_MAX):
+            raise ConfigError(f"train.{key}={value!r} must be a finite number >= 0.")
+    for key in ("b1", "b2"):
+        if not 0.0 <= getattr(t, key) < 1.0:
+            raise ConfigError(f"train.{key}={getattr(t, key)!r} must lie in [0, 1).")
+    for key in ("warmup_steps", "eval_steps"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must not be negative.")
+    if t.log_every <= 0 or t.microbatches <= 0:
+        raise ConfigError("train.log_every and train.microbatches must be positive.")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -332,6 +362,8 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     file = fs.as_path(path)
     if not file.is_file():
         file = shipped_config(path) or file
+    if file.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory; pass a YAML file inside it.")
     if not file.is_file():
         shipped = ", ".join(p.stem for p in sorted(SHIPPED_CONFIGS.glob("*.yaml")))
         raise ConfigError(
@@ -339,9 +371,18 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
             f"configs ({shipped})."
         )
     try:
-        data = yaml.load(file.read_text(), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(file.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}.") from err
+        where = " ".join(str(err).split())  # PyYAML's message spans several lines
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {where}.") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not a text file ({err.reason}).") from err
+    if data is None:
+        # An empty file would silently train every default (BERT-base): almost surely a mistake.
+        raise ConfigError(
+            f"config file {str(path)!r} is empty; give at least the model: section, e.g. copy "
+            "configs/bert_tiny.yaml."
+        )
     return config_from_dict(data, overrides)
 
 

@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +121,70 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def require_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """A local `path` that is a directory, or can be created as one, on a file system this
+    process can write to; else FsError naming `what` (e.g. "--workdir") and the fix. Nothing is
+    left behind: the probe file is created and removed in the nearest existing ancestor."""
+    if is_remote(path):
+        return  # object stores: writability shows at the first upload
+    target = Path(os.path.abspath(os.fspath(path)))
+    if target.exists() and not target.is_dir():
+        raise FsError(f"{what} {target} is a file, not a directory; choose another {what}.")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FsError(f"{what} {target} cannot be created: {existing} is a file; choose another.")
+    try:  # os.access is not enough: root passes it on read-only bind mounts and ACLs differ
+        handle, probe = tempfile.mkstemp(prefix=".bertgpt-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise FsError(
+            f"{what} {target} cannot be written ({err.strerror} in {existing}); choose a "
+            "directory on a writable file system."
+        ) from err
+
+
+def staging_path(target: Path, kind: str) -> Path:
+    """A hidden sibling `.NAME.KIND-PID-RANDOM` to build `target` in before renaming it into
+    place; the process id lets a later run tell one left by a killed process (`remove_stale`)."""
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale(target: Path, kinds: tuple[str, ...]) -> None:
+    """Deletes the hidden siblings of `target` that `staging_path` made for these kinds in a
+    process that is no longer running (killed mid-way): never anything else."""
+    if not target.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.({'|'.join(kinds)})-(\d+)-[0-9a-f]{{8}}")
+    for entry in target.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and int(match.group(2)) != os.getpid() and not _running(int(match.group(2))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def remove_stale_writes(directory: Path) -> None:
+    """Deletes the `.NAME.tmp-PID` files that `atomic_write` left in `directory` when its
+    process was killed mid-write (that process no longer running): never anything else."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        match = re.fullmatch(r"\..+\.tmp-(\d+)", entry.name)
+        if match and entry.is_file() and not _running(int(match.group(1))):
+            entry.unlink(missing_ok=True)
 
 
 def copy_file(source: str | os.PathLike, target: epath.Path) -> None:

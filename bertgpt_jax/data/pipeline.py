@@ -58,6 +58,16 @@ def _checked_tokenizer(store: Store, config: Config) -> Tokenizer:
     return tokenizer
 
 
+def check_store(config: Config, splits: tuple[str, ...] = ("train",)) -> None:
+    """The checks `BatchSource` makes on opening, without building examples: data.path is a
+    complete store, its tokenizer is the manifest's (and data.tokenizer's) and fits
+    model.vocab_size, and each split has documents with arrays of the recorded sizes."""
+    store = open_store(config.data.path)
+    _checked_tokenizer(store, config)
+    for split in splits:
+        store.split(split)
+
+
 class BatchSource:
     """Computes this process's rows of the global batch at any step, for one split."""
 

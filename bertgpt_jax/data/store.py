@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -222,7 +221,7 @@ def _finish(tmp: Path, tok: Tokenizer, manifest: dict[str, Any]) -> None:
 
 def _install(tmp: Path, output: Path) -> None:
     """Moves the finished store onto `output`, replacing what was there only at the last step."""
-    old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+    old = fs.staging_path(output, "old")
     if output.exists():
         os.replace(output, old)
     os.replace(tmp, output)
@@ -245,15 +244,31 @@ def _describe_inputs(
 
 
 def _is_current(output: Path, fingerprint: str, overwrite: bool) -> bool:
-    """True if `output` already holds this very store; raises if it holds something else."""
+    """True if `output` already holds this very store; raises if it holds something else:
+    `overwrite` replaces only a store (one with this tool's manifest), never other files."""
     existing = read_manifest(output)
     if existing and existing.get("fingerprint") == fingerprint:
         return True
-    occupied = output.exists() and (existing or not output.is_dir() or any(output.iterdir()))
-    if occupied and not overwrite:
+    if not output.exists():
+        return False
+    if not output.is_dir():
+        raise DataError(f"output {output} is a file; choose another --output.")
+    if existing and existing.get("format") == STORE_FORMAT:
+        if overwrite:
+            return False
         raise DataError(
-            f"output {output} already exists and holds something else; choose another "
-            "--output or pass --overwrite."
+            f"output {output} already exists and holds something else (a store of other inputs, "
+            "tokenizer or options); choose another --output or pass --overwrite to replace it."
+        )
+    entries = sorted(p.name for p in output.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (
+            f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        )
+        raise DataError(
+            f"output {output} already exists and is not a prepared store: it holds {shown}; "
+            "choose another --output "
+            "(--overwrite replaces only a store made by `bertgpt prepare`)."
         )
     return False
 
@@ -294,7 +309,8 @@ def prepare_store(
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     if _is_current(output, fingerprint, overwrite):
         return output
-    tmp = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    fs.remove_stale(output, ("partial", "old"))  # left by a killed run
+    tmp = fs.staging_path(output, "partial")
     try:
         tmp.mkdir(parents=True)
         if source is None:  # local files go through the TFDS builder like any dataset

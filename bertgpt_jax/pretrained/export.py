@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,8 @@ def _staging_dir(local: Path | None) -> Path:
     if local is None:
         return Path(tempfile.mkdtemp(prefix="bertgpt-export-"))
     local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.parent / f".{local.name}.export-{uuid.uuid4().hex[:8]}"
+    fs.remove_stale(local, ("export",))  # left by a killed export
+    tmp = fs.staging_path(local, "export")
     tmp.mkdir()
     return tmp
 

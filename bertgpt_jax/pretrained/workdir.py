@@ -5,6 +5,7 @@ that export and inference use (the optimizer state is never read).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,21 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's "Given directory is read only" warning: a read-only manager is what eval
+    and export ask for, not a condition to report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+_ABSL_FILTER = _ReadOnlyNotice()
+
+
 def open_manager(directory: epath.Path, config: Config | None) -> ocp.CheckpointManager:
     """A manager that saves per `config.checkpoint`, or (config None) a read-only one."""
     if config is None:
+        logging.getLogger("absl").addFilter(_ABSL_FILTER)  # adding one filter twice is a no-op
         options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     else:
         c = config.checkpoint
@@ -108,6 +121,18 @@ def _read_params(manager: ocp.CheckpointManager, step: int) -> tuple[Config, Any
     return config, restored["state"]["params"], meta
 
 
+def _check_finite(params: Any, directory: epath.Path, step: int, steps: list[int]) -> None:
+    """Refuses weights holding NaN or inf (saved by a version without the step guard)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    bad = [jax.tree_util.keystr(path) for path, x in flat if not np.isfinite(x).all()]
+    if bad:
+        others = ", ".join(str(t) for t in sorted(steps) if t != step) or "none"
+        raise CheckpointError(
+            f"checkpoint step {step} in {directory} holds non-finite weights ({len(bad)} "
+            f"tensors, e.g. {bad[0]}); pass an earlier --step (steps: {others})."
+        )
+
+
 def restore_params(
     where: str | Path, step: int | None = None
 ) -> tuple[Config, int, dict[str, Any], dict[str, Any]]:
@@ -127,7 +152,6 @@ def restore_params(
         for s in candidates(directory, steps, step):
             try:
                 config, params, meta = _read_params(manager, s)
-                return config, s, params, meta
             except Exception as err:
                 if step is not None:
                     raise CheckpointError(
@@ -135,6 +159,9 @@ def restore_params(
                         "another --step, or leave it out for the newest readable one."
                     ) from err
                 warn_unreadable(directory, s, err)
+                continue
+            _check_finite(params, directory, s, steps)
+            return config, s, params, meta
     finally:
         manager.close()
     raise CheckpointError(f"none of the checkpoints in {directory} can be read.")

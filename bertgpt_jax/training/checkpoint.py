@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 
 from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import Config, config_to_dict
-from bertgpt_jax.core.errors import CheckpointError
+from bertgpt_jax.core.errors import CheckpointError, NonFiniteError
 from bertgpt_jax.pretrained.workdir import (
     CHECKPOINTS,
     candidates,
@@ -92,8 +92,16 @@ class Checkpointer:
         }
 
     def save(self, step: int, state: TrainState, metrics: Mapping[str, float], force: bool) -> None:
-        """Starts an async save; returns once the arrays are off the devices (`blocked_s`)."""
+        """Starts an async save; returns once the arrays are off the devices (`blocked_s`).
+        A state holding a non-finite value is never saved (the step guard should have kept it
+        out; this is the last line before it would be committed)."""
         start = time.perf_counter()
+        if not self.trainer.state_is_finite(state):
+            raise NonFiniteError(
+                f"the training state at step {step} holds non-finite values, so it was not saved; "
+                "the newest checkpoint in the workdir is still good: resume from it with a lower "
+                "train.learning_rate."
+            )
         args = ocp.args.Composite(
             state=ocp.args.PyTreeSave(state),
             metadata=ocp.args.JsonSave(self.metadata(step, metrics)),
@@ -113,7 +121,11 @@ class Checkpointer:
     def _restore_state(self, step: int) -> TrainState:
         target, restore_args = self._target()
         args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
-        return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        state = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        if not self.trainer.state_is_finite(state):
+            # Saved by an older version without the guard: as unusable as an unreadable step.
+            raise ValueError("it holds non-finite parameters or optimizer moments")
+        return state
 
     def restore(self, step: int | None = None, fresh: bool = False) -> TrainState | None:
         """The state of the newest readable (or the given) checkpoint on this run's mesh; None

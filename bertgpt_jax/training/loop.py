@@ -31,6 +31,7 @@ from bertgpt_jax.training.checkpoint import Checkpointer
 from bertgpt_jax.training.hf_init import state_from_hf
 from bertgpt_jax.training.metrics import MetricsWriter, device_peak_flops, flops_per_step
 from bertgpt_jax.training.preemption import Preemption
+from bertgpt_jax.training.preflight import check_training
 from bertgpt_jax.training.step import Trainer, TrainState
 
 
@@ -61,13 +62,49 @@ def evaluate(trainer: Trainer, state: TrainState, config: Config) -> dict[str, f
     return {k: float(v) for k, v in trainer.task.metrics(totals, trainer.coefficients).items()}
 
 
-def _check_finite(history: list[tuple[int, dict[str, Any]]], policy: str) -> None:
+# nan_policy=skip warns once when more than this fraction of the steps run were skipped.
+SKIP_WARN_FRACTION = 0.1
+
+
+def _check_finite(history: list[tuple[int, dict[str, Any]]], policy: str) -> int:
+    """The number of skipped (non-finite) steps in `history`; with nan_policy=stop, raises
+    NonFiniteError at the first."""
+    skipped = 0
     for step, metrics in history:
-        if metrics["finite"] < 1.0 and policy == "stop":
+        if metrics["finite"] >= 1.0:
+            continue
+        skipped += 1
+        if policy == "stop":
+            loss, norm = metrics["loss"], metrics["grad_norm"]
+            cause = (
+                f"a non-finite loss ({loss}) or gradient norm ({norm})"
+                if not (np.isfinite(loss) and np.isfinite(norm))
+                else f"an update that made the weights non-finite (loss {loss:.4g})"
+            )
             raise NonFiniteError(
-                f"step {step} produced a non-finite loss ({metrics['loss']}) or gradient norm "
-                f"({metrics['grad_norm']}); its update was not applied and nothing after the last "
-                "checkpoint was saved. Lower train.learning_rate, or set train.nan_policy=skip."
+                f"step {step} produced {cause}, so it was not applied and nothing after the "
+                "newest checkpoint was saved; lower train.learning_rate (or set "
+                "train.nan_policy=skip) and run the same command again to resume."
+            )
+    return skipped
+
+
+class _Skips:
+    """nan_policy=skip: counts skipped steps (across resumes) and warns once past the threshold."""
+
+    def __init__(self, restored: dict[str, float], start: int):
+        self.total = int(restored.get("skipped_steps", 0) or 0)
+        self.here, self.start, self.warned = 0, start, False
+
+    def add(self, count: int, step: int, writer: MetricsWriter) -> None:
+        self.total += count
+        self.here += count
+        ran = step - self.start
+        if not self.warned and self.here >= 2 and self.here > SKIP_WARN_FRACTION * ran:
+            self.warned = True
+            writer.note(
+                f"warning: train.nan_policy=skip has skipped {self.here} of the {ran} steps run "
+                "(non-finite loss, gradient or update); lower train.learning_rate if this goes on."
             )
 
 
@@ -115,6 +152,7 @@ def train_and_evaluate(
     gs:// URL, see fs.py); returns the metrics saved with the last checkpoint: the last logged
     train metrics and, where evaluation ran, eval_-prefixed validation metrics."""
     workdir = fs.as_path(where)
+    check_training(config, workdir, fresh=fresh, restore_step=restore_step)
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +227,7 @@ def _loop(
     last: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     saved = dict(checkpointer.restored_metrics)  # a run already at train.steps reports these
+    skips = _Skips(saved, start)
     batches = _host_batches(config, "train", start)
     step = start
     while step < t.steps:
@@ -205,8 +244,9 @@ def _loop(
         must_save = checkpointer.should_save(step) or step == t.steps or stop
         if step % t.log_every == 0 or must_save:
             history = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in history]
-            _check_finite(history, t.nan_policy)
+            skips.add(_check_finite(history, t.nan_policy), step, writer)
             last = {k: v for k, v in history[-1][1].items() if k != "finite"}
+            last["skipped_steps"] = float(skips.total)
             if timer.steps:
                 last.update(timer.measure())
             writer.write(step, last)
@@ -230,4 +270,6 @@ def _loop(
     if t.profile_steps > 0 and t.profile_start <= step < t.profile_start + t.profile_steps:
         jax.profiler.stop_trace()
     checkpointer.wait()
+    if skips.here:
+        writer.note(f"train.nan_policy=skip skipped {skips.here} of {step - start} steps.")
     return saved

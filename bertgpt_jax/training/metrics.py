@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import jax
@@ -55,8 +56,19 @@ def flops_per_step(config: Config) -> float:
     return float(dense + get_task(config).head_flops(config))
 
 
+def strict(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with NaN and infinities (which RFC 8259 JSON has not) as None, i.e. null."""
+    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """`row` as one line of strict JSON."""
+    return json.dumps(strict(row), allow_nan=False)
+
+
 class MetricsWriter:
-    """Writes one JSON object per logged step (floats as Python floats, written exactly) and
+    """Writes one JSON object per logged step (floats as Python floats, written exactly; NaN and
+    infinities, which JSON has not, as null) and
     TensorBoard scalars; shows a progress bar. Only process 0 writes."""
 
     def __init__(self, workdir: epath.Path, total_steps: int, start_step: int, enabled: bool):
@@ -79,7 +91,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"step": step, **{f"{prefix}{k}": float(v) for k, v in metrics.items()}}
-        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.write(json_line(row) + "\n")
         self._jsonl.flush()
         self._mirror.sync()
         for key, value in row.items():
@@ -89,11 +101,18 @@ class MetricsWriter:
             postfix = {"loss": f"{metrics['loss']:.4f}"}
             if "tokens_per_sec" in metrics:
                 postfix["tok/s"] = f"{metrics['tokens_per_sec']:,.0f}"
+            if metrics.get("skipped_steps"):
+                postfix["skipped"] = f"{metrics['skipped_steps']:.0f}"
             self._bar.set_postfix(postfix, refresh=False)
         elif prefix and self._bar is not None:
             self._bar.write(
                 f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "step")
             )
+
+    def note(self, text: str) -> None:
+        """One line to the terminal (stderr) without breaking the progress bar."""
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:

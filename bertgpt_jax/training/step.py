@@ -25,7 +25,7 @@ from bertgpt_jax.core.config import Config
 from bertgpt_jax.ops.cross_entropy import LossSums
 from bertgpt_jax.parallel import sharding as sh
 from bertgpt_jax.tasks import get_task
-from bertgpt_jax.training.optim import learning_rate_schedule, make_optimizer
+from bertgpt_jax.training.optim import all_finite, learning_rate_schedule, make_optimizer
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -69,6 +69,11 @@ class Trainer:
         self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
         self._eval_step = jax.jit(
             self._eval, in_shardings=(self.state_shardings, None), out_shardings=self.replicated
+        )
+        self._state_finite = jax.jit(
+            lambda s: all_finite((s.params, s.opt_state)),
+            in_shardings=(self.state_shardings,),
+            out_shardings=self.replicated,
         )
 
     @property
@@ -148,9 +153,15 @@ class Trainer:
         grads, terms = self._grads(state.params, batch, key)
         grad_norm = optax.global_norm(grads)
         metrics = self.task.metrics(terms, self.coefficients)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        # A non-finite step never reaches the state: the optimizer keeps parameters and moments
+        # A non-finite step never reaches the state: neither a non-finite loss or gradient nor an
+        # update that would make a parameter or moment non-finite from finite gradients (a
+        # learning rate too large, an overflow). The optimizer then keeps parameters and moments
         # as they were, and the host loop stops (nan_policy=stop) or carries on (skip).
+        finite = (
+            jnp.isfinite(metrics["loss"])
+            & jnp.isfinite(grad_norm)
+            & self.optimizer.update_is_finite(grads, state.opt_state, state.params, grad_norm)
+        )
         params, opt_state = self.optimizer.apply(
             grads, state.opt_state, state.params, grad_norm, finite
         )
@@ -170,6 +181,11 @@ class Trainer:
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         with jax.set_mesh(self.mesh):
             return self._train_step(state, batch)
+
+    def state_is_finite(self, state: TrainState) -> bool:
+        """Whether every parameter and optimizer moment is finite (checked before a save)."""
+        with jax.set_mesh(self.mesh):
+            return bool(jax.device_get(self._state_finite(state)))
 
     def lower_train_step(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
         """The train step lowered for these arguments (arrays or ShapeDtypeStructs), for compile

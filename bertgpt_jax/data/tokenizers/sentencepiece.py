@@ -158,6 +158,30 @@ def _write_dir(output_dir: Path, model: bytes, info: dict[str, Any]) -> Sentence
     return tokenizer
 
 
+def check_output(output_dir: Path, overwrite: bool) -> None:
+    """A tokenizer is written only into a new or empty directory, or with `overwrite` over a
+    tokenizer this tool wrote (its tokenizer.json records an identity): never over other files."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(f"tokenizer --output {output_dir} is a file; choose a directory.")
+    fs.remove_stale_writes(output_dir)  # a killed run's half-written files
+    entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
+    if not entries:
+        return
+    if "identity" not in (read_info(output_dir) or {}):
+        shown = ", ".join(entries[:3]) + (
+            f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+        )
+        raise DataError(
+            f"tokenizer --output {output_dir} holds {shown}, not a tokenizer written by "
+            "`bertgpt tokenizer`; choose another --output."
+        )
+    if not overwrite:
+        raise DataError(
+            f"tokenizer --output {output_dir} already holds a tokenizer; pass --overwrite to "
+            "replace it, or choose another --output."
+        )
+
+
 def read_info(tokenizer_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((tokenizer_dir / INFO_FILE).read_text())
@@ -176,12 +200,13 @@ def train_tokenizer(
     max_sentences: int = 2_000_000,
     inputs_fingerprint: str = "",
     description: str = "the input",
+    overwrite: bool = False,
 ) -> SentencePieceTokenizer:
     """Trains a SentencePiece model on `sentences` into `output_dir`.
 
     `inputs_fingerprint` identifies the training text; if `output_dir` already holds a tokenizer
     trained from the same text with the same options, it is returned unchanged (re-running is a
-    no-op). Only the first `max_sentences` sentences are used, which keeps training time bounded
+    no-op); any other tokenizer there is replaced only with `overwrite`. Only the first `max_sentences` sentences are used, which keeps training time bounded
     on large corpora and deterministic.
     """
     output_dir = fs.require_local(output_dir, "tokenizer --output")
@@ -196,6 +221,7 @@ def train_tokenizer(
     existing = read_info(output_dir)
     if inputs_fingerprint and existing and existing.get("trained_from") == trained_from:
         return SentencePieceTokenizer(output_dir / MODEL_FILE)
+    check_output(output_dir, overwrite)
     if vocab_size <= NUM_SPECIAL + 2:
         raise DataError(f"--vocab-size {vocab_size} is too small; use at least 64.")
     model = io.BytesIO()
@@ -220,9 +246,21 @@ def train_tokenizer(
     except RuntimeError as err:
         raise DataError(
             f"SentencePiece could not train a {vocab_size}-piece tokenizer on {description} "
-            f"({str(err).strip()}); lower --vocab-size or give more text."
+            f"({_reason(err)}); {_training_fix(str(err))}."
         ) from err
     return _write_dir(output_dir, model.getvalue(), {"trained_from": trained_from})
+
+
+def _reason(err: Exception) -> str:
+    """SentencePiece's message without its source location: '[...] Vocabulary size ...'."""
+    return str(err).strip().rsplit("] ", 1)[-1]
+
+
+def _training_fix(message: str) -> str:
+    """The advice for SentencePiece's two vocabulary-size failures, which point opposite ways."""
+    if "smaller than required_chars" in message:
+        return "raise --vocab-size or lower --character-coverage"
+    return "lower --vocab-size or give more text"
 
 
 def _limit(sentences: Iterable[str], limit: int) -> Iterator[str]:
@@ -232,10 +270,16 @@ def _limit(sentences: Iterable[str], limit: int) -> Iterator[str]:
         yield sentence
 
 
-def import_tokenizer(model_path: str | Path, output_dir: str | Path) -> SentencePieceTokenizer:
+def import_tokenizer(
+    model_path: str | Path, output_dir: str | Path, overwrite: bool = False
+) -> SentencePieceTokenizer:
     """Copies a user's own SentencePiece model into a tokenizer directory (its special ids are
-    read from it; a task that needs one it lacks refuses it when the data is built)."""
+    read from it; a task that needs one it lacks refuses it when the data is built), if
+    `output_dir` may be written (see `check_output`)."""
     output = fs.require_local(output_dir, "tokenizer --output")
     source = SentencePieceTokenizer(resolve_model_path(model_path))
+    if (read_info(output) or {}).get("identity") == source.identity.to_json():
+        return SentencePieceTokenizer(output / MODEL_FILE)  # already imported: a no-op
+    check_output(output, overwrite)
     info = {"imported_from": str(source.model_path)}
     return _write_dir(output, source.model_path.read_bytes(), info)
