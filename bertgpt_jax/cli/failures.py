@@ -21,6 +21,7 @@ import argparse
 import errno
 import logging
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,13 @@ def drop_event_loop_noise(unraisable: Any) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def _drop_thread_event_loop_noise(args: Any) -> None:
+    """threading.excepthook: the same noise raised in a TensorStore/Orbax callback thread."""
+    if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
+        return
+    threading.__excepthook__(args)
+
+
 class _ClosedLoopFilter(logging.Filter):
     """The same noise when asyncio logs it ("Task exception was never retrieved", "Exception
     in callback") instead of raising it."""
@@ -75,7 +83,10 @@ def _one_line_warning(message: Any, category: type, *_: Any, **__: Any) -> None:
 def run(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) -> int:
     """`handler(args)` with the exit statuses and sentences above."""
     command = f"bertgpt {args.command}"
-    hook, sys.unraisablehook = sys.unraisablehook, drop_event_loop_noise
+    # Kept for the rest of the process: the noise also comes when the loops are collected at
+    # interpreter exit, after the command's sentence (seen under load as a stray traceback).
+    sys.unraisablehook = drop_event_loop_noise
+    threading.excepthook = _drop_thread_event_loop_noise
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
@@ -88,7 +99,5 @@ def run(args: argparse.Namespace, handler: Callable[[argparse.Namespace], int]) 
             sentence, status = _os_sentence(err), EXIT_FAULT
         except KeyboardInterrupt:
             sentence, status = "interrupted.", EXIT_INTERRUPTED
-        finally:
-            sys.unraisablehook = hook
     print(f"{command}: error: {' '.join(sentence.split())}", file=sys.stderr, flush=True)
     return status
