@@ -47,8 +47,8 @@ def _is_workdir(path: Path) -> bool:
 def _load_workdir(path: Path) -> tuple[ModelConfig, Task, Any]:
     from bertgpt_jax.pretrained.workdir import load_workdir  # Orbax is imported only when needed
 
-    config, params = load_workdir(path)
-    return config.model, get_task(config), params
+    config, params, metrics = load_workdir(path)
+    return config.model, get_task(config).tuned(metrics), params
 
 
 Loader = Callable[[Path], tuple[ModelConfig, Task, Any]]

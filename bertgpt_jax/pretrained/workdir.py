@@ -182,8 +182,8 @@ def model_source(workdir: str | Path, step: int | None = None) -> Any:
     return path / BEST if step is None and (path / BEST / CHECKPOINTS).is_dir() else path
 
 
-def load_workdir(path: str | Path) -> tuple[Config, dict[str, Any]]:
-    """The best (else the newest readable) checkpoint's config and parameters (no optimizer
-    state)."""
-    config, _, params, _ = restore_params(model_source(path))
-    return config, params
+def load_workdir(path: str | Path) -> tuple[Config, dict[str, Any], dict[str, Any]]:
+    """The best (else the newest readable) checkpoint's config, parameters (no optimizer
+    state) and saved metrics."""
+    config, _, params, meta = restore_params(model_source(path))
+    return config, params, dict(meta.get("metrics") or {})

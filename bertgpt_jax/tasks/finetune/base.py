@@ -47,6 +47,7 @@ class FinetuneTask(Task):
     options: TaskConfig = TaskConfig()
     seq_len: int = 128
     label_all_tokens: bool = False
+    version_2: bool = False  # QA: unanswerable questions exist (a tuned threshold applies)
 
     family: ClassVar[str] = "bert"
     paired_inputs: ClassVar[bool] = True
@@ -79,6 +80,7 @@ class FinetuneTask(Task):
             options=options,
             seq_len=int(stored.get("seq_len", self.seq_len)),
             label_all_tokens=bool(stored.get("label_all_tokens", False)),
+            version_2=bool(stored.get("version_2", False)),
         )
 
     def stored_options(self) -> dict[str, Any]:
