@@ -105,3 +105,57 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+PERSONS = ("python", "method")
+PLACES = (("class", "object"), ("module",))
+
+
+def tagged_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Sentences with PER (one word) and LOC (one or two words) entities in BIO tags."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tokens: list[str] = []
+        tags: list[str] = []
+        for _ in range(rng.randint(3, 8)):
+            r = rng.random()
+            if r < 0.2:
+                tokens.append(rng.choice(PERSONS))
+                tags.append("B-PER")
+            elif r < 0.35:
+                place = rng.choice(PLACES)
+                tokens += place
+                tags += ["B-LOC"] + ["I-LOC"] * (len(place) - 1)
+            else:
+                tokens.append(rng.choice(WORDS))
+                tags.append("O")
+        out.append((tokens, tags))
+    return out
+
+
+def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for tokens, tags in sentences:
+        lines += [f"{t} X _ {g}" for t, g in zip(tokens, tags, strict=True)] + [""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def squad_examples(n: int, seed: int, unanswerable: float = 0.0) -> list[dict]:
+    """"which one is it": the marker word in a context of 5-40 filler words (long contexts
+    span several windows), or none (SQuAD v2) with probability `unanswerable`."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = _filler(rng, rng.randint(5, 40))
+        marker = rng.choice(COLORS)
+        answered = rng.random() >= unanswerable
+        if answered:
+            words.insert(rng.randrange(len(words) + 1), marker)
+        context = " ".join(words)
+        start = len(" ".join(words[: words.index(marker)])) + 1 if answered else 0
+        start = 0 if answered and words.index(marker) == 0 else start
+        answers = {"text": [marker], "answer_start": [start]} if answered else {"text": [], "answer_start": []}
+        out.append({"id": f"q{i}", "question": "which one is it", "context": context, "answers": answers})
+    return out

@@ -76,6 +76,9 @@ def finetune_config(
                           tokenizer=str(source.tokenizer))  # fmt: skip
     merged.setdefault("checkpoint", {})["init_from"] = str(source.path)
     config = adopt(config_from_dict(merged, overrides), source)
+    if "data.seq_len" not in given and config.data.seq_len > config.model.max_len:
+        config = _with(config, "data", seq_len=config.model.max_len)  # a short-context init
+    config = config_from_dict(config_to_dict(config))  # checks the adopted model
     tokenizer = load_tokenizer(source.tokenizer)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise ConfigError(
