@@ -18,10 +18,43 @@ from bertgpt_jax.data.embedded import write_default_corpus
 VOCAB = 1000
 # Filler and marker words that the WordPiece vocabulary trained on the default corpus (Python
 # documentation) holds whole: a marker is then one token the model must find.
-WORDS = (
-    "the a of and to in is was for on that with as by at from this which it are be or an "
-    "have has one two new first time when other only then must"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "this",
+    "which",
+    "it",
+    "are",
+    "be",
+    "or",
+    "an",
+    "have",
+    "has",
+    "one",
+    "two",
+    "new",
+    "first",
+    "time",
+    "when",
+    "other",
+    "only",
+    "then",
+    "must",
+]
 COLORS = ("file", "list", "string")
 # Small and fast: every test run fine-tunes with these unless it says otherwise.
 FAST = ["data.seq_len=32", "train.batch_size=16", "train.learning_rate=1e-3",
@@ -143,7 +176,7 @@ def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Pat
 
 
 def squad_examples(n: int, seed: int, unanswerable: float = 0.0) -> list[dict]:
-    """"which one is it": the marker word in a context of 5-40 filler words (long contexts
+    """ "which one is it": the marker word in a context of 5-40 filler words (long contexts
     span several windows), or none (SQuAD v2) with probability `unanswerable`."""
     rng = random.Random(seed)
     out = []
@@ -156,6 +189,12 @@ def squad_examples(n: int, seed: int, unanswerable: float = 0.0) -> list[dict]:
         context = " ".join(words)
         start = len(" ".join(words[: words.index(marker)])) + 1 if answered else 0
         start = 0 if answered and words.index(marker) == 0 else start
-        answers = {"text": [marker], "answer_start": [start]} if answered else {"text": [], "answer_start": []}
-        out.append({"id": f"q{i}", "question": "which one is it", "context": context, "answers": answers})
+        answers = (
+            {"text": [marker], "answer_start": [start]}
+            if answered
+            else {"text": [], "answer_start": []}
+        )
+        out.append(
+            {"id": f"q{i}", "question": "which one is it", "context": context, "answers": answers}
+        )
     return out

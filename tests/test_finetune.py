@@ -136,7 +136,7 @@ def test_pipeline_and_predict_agree(runs, capsys):
     ours = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
     theirs = pipeline("text-classification", model=str(out))([e["text"] for e in examples])
     assert len(ours) == 40
-    for mine, ref, example in zip(ours, theirs, examples, strict=True):
+    for mine, ref in zip(ours, theirs, strict=True):
         assert mine["label"] == ref["label"]
         assert abs(mine["score"] - ref["score"]) < TOL
     right = sum(m["label"] == e["label"] for m, e in zip(ours, examples, strict=True))

@@ -88,7 +88,7 @@ def test_tagging_metrics_equal_seqeval(scheme):
     entity, overall and per type."""
     rng = np.random.default_rng(0 if scheme == "bio" else 1)
     gold = [_random_tags(rng, int(rng.integers(1, 12)), scheme) for _ in range(60)]
-    predicted = [[g if rng.random() < 0.7 else t for g, t in zip(s, _random_tags(rng, len(s), scheme))]
+    predicted = [[g if rng.random() < 0.7 else t for g, t in zip(s, _random_tags(rng, len(s), scheme), strict=True)]
                  for s in gold]  # fmt: skip
     for sentence in gold + predicted:
         ours = sorted(entities(sentence))

@@ -83,9 +83,7 @@ class TokenClassifier(_Encoder):
     def __init__(self, config: ModelConfig, num_labels: int, key: Array):
         k_core, k_head = jax.random.split(key)
         self.core = Transformer(config, k_core)
-        self.classifier = Dense(
-            config.hidden_size, (num_labels,), (sh.EMBED, None), config, k_head
-        )
+        self.classifier = Dense(config.hidden_size, (num_labels,), (sh.EMBED, None), config, k_head)
         self.dropout_rate = config.dropout_rate
 
     def __call__(

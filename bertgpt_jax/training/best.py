@@ -24,6 +24,7 @@ from bertgpt_jax.pretrained.workdir import BEST, CHECKPOINTS, open_manager, read
 from bertgpt_jax.training.checkpoint import Checkpointer
 from bertgpt_jax.training.step import TrainState
 
+
 class BestCheckpoint:
     def __init__(self, config: Config, checkpointer: Checkpointer, metric: str):
         self.config, self.checkpointer, self.metric = config, checkpointer, metric

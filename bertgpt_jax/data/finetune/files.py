@@ -48,7 +48,9 @@ def _json_lines(path: Path, text: str) -> list[Record]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {n} is not valid JSON ({err.msg}); fix that line.")
+            raise DataError(
+                f"{path} line {n} is not valid JSON ({err.msg}); fix that line."
+            ) from None
         if not isinstance(row, dict):
             raise DataError(f"{path} line {n} is not a JSON object; write one object a line.")
         out.append(Record(f"{path} line {n}", row))
@@ -74,7 +76,7 @@ def read_records(path: str | Path) -> list[Record]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}).")
+            raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}).") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -130,7 +132,7 @@ def read_conll(path: str | Path, labelled: bool = True) -> list[Sentence]:
 def _jsonl_sentence(record: Record, labelled: bool) -> Sentence:
     tokens, tags = record.fields.get("tokens"), record.fields.get("tags")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise DataError(f"{record.where} has no list of strings under \"tokens\"; add one.")
+        raise DataError(f'{record.where} has no list of strings under "tokens"; add one.')
     if tags is None and not labelled:
         return Sentence(record.where, tuple(tokens), None)
     if not isinstance(tags, list) or len(tags) != len(tokens):
@@ -167,7 +169,7 @@ def _answers(raw: Any, where: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def _question(fields: dict[str, Any], context: str, where: str, labelled: bool) -> Question:
+def _question(fields: dict[str, Any], context: Any, where: str, labelled: bool) -> Question:
     qid = str(fields.get("id", where))
     where = f"{where} (id {qid})"
     if not isinstance(fields.get("question"), str) or not isinstance(context, str):
@@ -194,7 +196,7 @@ def read_squad(path: str | Path, labelled: bool = True) -> list[Question]:
     try:
         data = json.loads(_text(path))
     except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}).")
+        raise DataError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}).") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path} is not SQuAD JSON ({{version, data: [...]}}); convert it.")
     out = []

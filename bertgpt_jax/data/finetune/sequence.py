@@ -64,7 +64,9 @@ def _label(value: Any, kind: str, where: str) -> Any:
                 raise ValueError
             return float(value)
         except (TypeError, ValueError):
-            raise DataError(f"{where}: label {value!r} is not a number; regression needs one.")
+            raise DataError(
+                f"{where}: label {value!r} is not a number; regression needs one."
+            ) from None
     if kind == "multilabel":
         if isinstance(value, str) and value.strip().startswith("["):
             value = json.loads(value)

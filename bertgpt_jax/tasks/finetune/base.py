@@ -191,5 +191,7 @@ def _read_cached(task: FinetuneTask, path: str, stamp: int, tokenizer: str) -> D
 def weighted_sums(per_example: Any, weights: Any, correct: Any) -> LossSums:
     """LossSums of per-example losses [B] with weights [B] (0 = padding row)."""
     return LossSums(
-        (per_example * weights).sum(), weights.sum(), (correct.astype(weights.dtype) * weights).sum()
+        (per_example * weights).sum(),
+        weights.sum(),
+        (correct.astype(weights.dtype) * weights).sum(),
     )

@@ -146,7 +146,9 @@ def tagging_metrics(
         return precision, recall, f1
 
     precision, recall, f1 = prf(found, true)
-    tokens = [(a == b) for p, g in zip(predicted, gold, strict=True) for a, b in zip(p, g)]
+    tokens = [
+        (a == b) for p, g in zip(predicted, gold, strict=True) for a, b in zip(p, g, strict=True)
+    ]
     out = {"precision": precision, "recall": recall, "f1": f1, "accuracy": float(np.mean(tokens))}
     for kind in types:
         of = lambda s, k=kind: {e for e in s if e[1] == k}  # noqa: E731

@@ -110,7 +110,9 @@ class QuestionAnswering(FinetuneTask):
         rows = dict(windows.rows, example_index=windows.example_index)
         return Dataset(rows, list(zip(questions, windows.contexts, strict=True)), str(path))
 
-    def _answers(self, data: Dataset, outputs: dict[str, np.ndarray]) -> list[tuple[str, float, float]]:
+    def _answers(
+        self, data: Dataset, outputs: dict[str, np.ndarray]
+    ) -> list[tuple[str, float, float]]:
         """(best span text, its score, null score - its score) per question."""
         index = data.rows["example_index"]
         out = []
@@ -129,7 +131,9 @@ class QuestionAnswering(FinetuneTask):
         answers = self._answers(data, outputs)
         golds = [[t for t, _ in q.answers] for q, _ in data.examples]
         has = np.asarray([bool(g) for g in golds])
-        em, f1 = np.asarray([question_scores(a[0], g) for a, g in zip(answers, golds, strict=True)]).T
+        em, f1 = np.asarray(
+            [question_scores(a[0], g) for a, g in zip(answers, golds, strict=True)]
+        ).T
         out: dict[str, float] = {}
         if has.all():  # SQuAD v1.1: always answer
             return {"exact_match": 100 * float(em.mean()), "f1": 100 * float(f1.mean())}
@@ -148,7 +152,9 @@ class QuestionAnswering(FinetuneTask):
 
     def decode(self, data: Dataset, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         out = []
-        for (q, _), (text, score, diff) in zip(data.examples, self._answers(data, outputs), strict=True):
+        for (q, _), (text, score, diff) in zip(
+            data.examples, self._answers(data, outputs), strict=True
+        ):
             no_answer = self.version_2 and (not text or diff > self.options.null_threshold)
             out.append({"id": q.id, "answer": "" if no_answer else text, "score": score,
                         "null_score_diff": diff})  # fmt: skip
@@ -157,6 +163,8 @@ class QuestionAnswering(FinetuneTask):
     def synthetic_batch(self, config: Config, batch_size: int, seed: int) -> dict[str, np.ndarray]:
         rows = self.synthetic_rows(config, batch_size, seed)
         rng = np.random.default_rng(seed + 1)
-        rows["start_positions"] = rng.integers(0, config.data.seq_len // 2, batch_size).astype(np.int32)
+        rows["start_positions"] = rng.integers(0, config.data.seq_len // 2, batch_size).astype(
+            np.int32
+        )
         rows["end_positions"] = rows["start_positions"] + 1
         return rows

@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from bertgpt_jax.core.config import Config, ModelConfig
 from bertgpt_jax.data.finetune.encode import encode_texts
@@ -29,6 +28,7 @@ from bertgpt_jax.tasks.finetune.metrics import (
     multilabel_metrics,
     regression_metrics,
 )
+from bertgpt_jax.tasks.losses import sigmoid_cross_entropy
 
 Array = jax.Array
 _PROBLEM = {
@@ -192,7 +192,7 @@ class MultiLabel(_SequenceTask):
     ) -> dict[str, LossSums]:
         logits = self._logits(model, batch, key)  # [B, C]
         target = batch["labels"]
-        bce = optax.sigmoid_binary_cross_entropy(logits, target).sum(-1)  # [B]
+        bce = sigmoid_cross_entropy(logits, target).sum(-1)  # [B]
         correct = ((logits > 0) == (target > 0.5)).sum(-1)
         sums = weighted_sums(bce, batch["example_weights"], correct)
         c = float(self.num_labels)  # HF's BCEWithLogitsLoss averages over labels too

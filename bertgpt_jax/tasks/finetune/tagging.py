@@ -94,9 +94,7 @@ class Tagging(FinetuneTask):
 
     def read(self, path: Path, tokenizer: Tokenizer, labelled: bool) -> Dataset:
         sentences = read_conll(path, labelled)
-        rows = encode_tagged(
-            tokenizer, sentences, self.labels, self.seq_len, self.label_all_tokens
-        )
+        rows = encode_tagged(tokenizer, sentences, self.labels, self.seq_len, self.label_all_tokens)
         return Dataset(rows, sentences, str(path))
 
     def _word_tags(self, data: Dataset, logits: np.ndarray) -> list[list[tuple[str, float]]]:
