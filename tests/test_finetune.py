@@ -24,6 +24,7 @@ from bertgpt_jax.core.config import MeshConfig
 from bertgpt_jax.data.finetune.encode import encode_texts
 from bertgpt_jax.data.tokenizers import load_tokenizer
 from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.pretrained import predict
 from bertgpt_jax.tasks import get_task
 from bertgpt_jax.training import loop
 from bertgpt_jax.training.finetune import finetune_config
@@ -122,9 +123,11 @@ def test_export_gives_transformers_our_logits_and_labels(runs, kind, capsys):
         assert config["problem_type"] == "single_label_classification"
 
 
-def test_pipeline_and_predict_agree(runs, capsys):
+def test_pipeline_and_predict_agree(runs, capsys, monkeypatch):
     """transformers' text-classification pipeline on the export and `bertgpt predict` on the
-    workdir give the same label names and scores; predict needs no labels."""
+    workdir give the same label names and scores; predict needs no labels, and a file longer
+    than its chunk is predicted a chunk at a time, in order."""
+    monkeypatch.setattr(predict, "CHUNK", 16)
     root, _ = runs["classification"]
     out = root / "export_pipe"
     assert run(capsys, "export", "--workdir", root / "run", "--output", out)[0] == 0
@@ -174,6 +177,8 @@ def _bad(root: Path, bert: Path, gpt: Path) -> dict[str, tuple[list, str]]:
                       "--validation", validation], "is a gpt model"),
         "unknown task": (["--task", "summarise", "--train", train, *common],
                          "--task 'summarise' is not a fine-tuning task"),
+        "unknown metric": (["--task", "classification", "--train", train, *common,
+                            "train.best_metric=bleu"], "train.best_metric='bleu' is not"),
     }  # fmt: skip
 
 
@@ -186,7 +191,9 @@ def test_bad_input_fails_in_one_sentence(bert, tmp_path, capsys):
     capsys.readouterr()
     for name, (argv, expected) in _bad(tmp_path, bert, gpt).items():
         workdir = tmp_path / name.replace(" ", "_")
-        code, _, err = run(capsys, "finetune", *argv, "--workdir", workdir, *FAST)
+        flags = [a for a in argv if "=" not in str(a)]
+        overrides = [a for a in argv if "=" in str(a)]
+        code, _, err = run(capsys, "finetune", *flags, "--workdir", workdir, *FAST, *overrides)
         assert code == 2, name
         assert expected in err and len(err.strip().splitlines()) == 1, (name, err)
         assert not workdir.exists(), name

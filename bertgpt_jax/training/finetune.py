@@ -89,6 +89,12 @@ def finetune_config(
         labels = task.for_config(config).discover_labels(Path(train))
         config = _with(config, "task", labels=list(labels))
     bound = task.for_config(config)
+    metric = config.train.best_metric
+    if metric and metric not in bound.metric_names and "/" not in metric:
+        raise ConfigError(
+            f"train.best_metric={metric!r} is not a {task.name} metric; use one of "
+            f"{', '.join(bound.metric_names)} (or a per-label one such as f1/NAME)."
+        )
     size = len(bound.dataset(config, "train"))
     bound.check_validation(bound.dataset(config, "validation"))
     return _schedule(config, size, given)

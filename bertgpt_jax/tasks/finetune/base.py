@@ -52,6 +52,8 @@ class FinetuneTask(Task):
     family: ClassVar[str] = "bert"
     paired_inputs: ClassVar[bool] = True
     term: ClassVar[str] = "task"  # the name of the one loss term
+    # The evaluation's metric names (besides per-label ones such as "f1/NAME").
+    metric_names: ClassVar[tuple[str, ...]] = ("loss", "examples")
 
     def for_config(self, config: Config) -> FinetuneTask:
         return dataclasses.replace(
@@ -97,8 +99,15 @@ class FinetuneTask(Task):
     # What a subclass provides.
 
     @abc.abstractmethod
+    def read_examples(self, path: Path, labelled: bool) -> list[Any]:
+        """A file's examples; `labelled` False (prediction): labels are optional."""
+
+    @abc.abstractmethod
+    def encode(self, examples: list[Any], tokenizer: Tokenizer, source: str) -> Dataset:
+        """Examples (all of a file's, or a slice) as fixed-shape rows."""
+
     def read(self, path: Path, tokenizer: Tokenizer, labelled: bool) -> Dataset:
-        """A file's examples as rows; `labelled` False (prediction): labels are optional."""
+        return self.encode(self.read_examples(path, labelled), tokenizer, str(path))
 
     @abc.abstractmethod
     def discover_labels(self, path: Path) -> tuple[str, ...]:

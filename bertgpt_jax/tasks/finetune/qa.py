@@ -37,6 +37,8 @@ class QuestionAnswering(FinetuneTask):
     hf_architecture = "BertForQuestionAnswering"
     hf_pipeline = "question-answering"
     best_metric: ClassVar[str] = "f1"
+    metric_names = ("exact_match", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact",
+                    "NoAns_f1", "loss", "examples")  # fmt: skip
     term: ClassVar[str] = "span"
 
     @property
@@ -101,14 +103,17 @@ class QuestionAnswering(FinetuneTask):
     def check_validation(self, data: Dataset) -> None:
         return None  # every answer was checked against its context when read
 
-    def read(self, path: Path, tokenizer: Tokenizer, labelled: bool) -> Dataset:
-        questions = read_squad(path, labelled)
+    def read_examples(self, path: Path, labelled: bool) -> list[Any]:
+        return read_squad(path, labelled)
+
+    def encode(self, examples: list[Any], tokenizer: Tokenizer, source: str) -> Dataset:
+        questions = examples
         o = self.options
         windows = encode_questions(
             tokenizer, questions, self.seq_len, o.doc_stride, o.max_query_length
         )
         rows = dict(windows.rows, example_index=windows.example_index)
-        return Dataset(rows, list(zip(questions, windows.contexts, strict=True)), str(path))
+        return Dataset(rows, list(zip(questions, windows.contexts, strict=True)), source)
 
     def _answers(
         self, data: Dataset, outputs: dict[str, np.ndarray]

@@ -99,12 +99,14 @@ class _SequenceTask(FinetuneTask):
     def check_validation(self, data: Dataset) -> None:
         check_labels(data.examples, self.name, self.labels)
 
-    def read(self, path: Path, tokenizer: Tokenizer, labelled: bool) -> Dataset:
-        examples = read_text_examples(path, self.options, self.name, labelled)
+    def read_examples(self, path: Path, labelled: bool) -> list[Any]:
+        return read_text_examples(path, self.options, self.name, labelled)
+
+    def encode(self, examples: list[Any], tokenizer: Tokenizer, source: str) -> Dataset:
         pairs = [e.pair or "" for e in examples] if examples[0].pair is not None else None
         rows = encode_texts(tokenizer, [e.text for e in examples], pairs, self.seq_len)
         rows["labels"] = self._label_array([e.label for e in examples])
-        return Dataset(rows, examples, str(path))
+        return Dataset(rows, examples, source)
 
     def _label_array(self, labels: list[Any]) -> np.ndarray:
         index = {n: i for i, n in enumerate(self.labels)}
@@ -123,6 +125,7 @@ class Classification(_SequenceTask):
     name = "classification"
     description = "sequence classification"
     best_metric: ClassVar[str] = "accuracy"
+    metric_names = ("accuracy", "f1", "mcc", "loss", "examples")
 
     def loss_terms(
         self, model: SequenceClassifier, batch: Batch, key: Array | None
@@ -148,6 +151,7 @@ class Regression(_SequenceTask):
     name = "regression"
     description = "sequence regression"
     best_metric: ClassVar[str] = "pearson"
+    metric_names = ("pearson", "spearman", "mse", "loss", "examples")
 
     @property
     def num_labels(self) -> int:
@@ -177,6 +181,7 @@ class MultiLabel(_SequenceTask):
     name = "multilabel"
     description = "multi-label classification"
     best_metric: ClassVar[str] = "micro_f1"
+    metric_names = ("micro_f1", "macro_f1", "exact_match", "loss", "examples")
 
     def _label_array(self, labels: list[Any]) -> np.ndarray:
         index = {n: i for i, n in enumerate(self.labels)}

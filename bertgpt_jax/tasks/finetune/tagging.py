@@ -32,6 +32,7 @@ class Tagging(FinetuneTask):
     hf_architecture = "BertForTokenClassification"
     hf_pipeline = "token-classification"
     best_metric: ClassVar[str] = "f1"
+    metric_names = ("precision", "recall", "f1", "accuracy", "loss", "examples")
     term: ClassVar[str] = "tag"
 
     @property
@@ -92,10 +93,12 @@ class Tagging(FinetuneTask):
     def check_validation(self, data: Dataset) -> None:
         check_tags(data.examples, self.labels)
 
-    def read(self, path: Path, tokenizer: Tokenizer, labelled: bool) -> Dataset:
-        sentences = read_conll(path, labelled)
-        rows = encode_tagged(tokenizer, sentences, self.labels, self.seq_len, self.label_all_tokens)
-        return Dataset(rows, sentences, str(path))
+    def read_examples(self, path: Path, labelled: bool) -> list[Any]:
+        return read_conll(path, labelled)
+
+    def encode(self, examples: list[Any], tokenizer: Tokenizer, source: str) -> Dataset:
+        rows = encode_tagged(tokenizer, examples, self.labels, self.seq_len, self.label_all_tokens)
+        return Dataset(rows, examples, source)
 
     def _word_tags(self, data: Dataset, logits: np.ndarray) -> list[list[tuple[str, float]]]:
         """(tag, probability) per word of each sentence; words cut off are ("O", 0)."""
