@@ -242,3 +242,53 @@ def test_mesh_2_2_2_gives_single_device_losses(bert, tmp_path):
             run_losses.append(float(metrics["loss"]))
         losses.append(run_losses)
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_finetunes_from_our_pretraining_workdir(tmp_path, capsys):
+    """--init a `bertgpt train` workdir (SentencePiece tokenizer): the encoder and pooler come
+    from its checkpoint exactly, the head is new, and the export loads in transformers."""
+    from test_data_shared import default_store
+
+    from bertgpt_jax.pretrained.workdir import restore_params
+
+    pretrained = tmp_path / "pretrained"
+    argv = ["train", "--config", "configs/bert_tiny.yaml", "--workdir", pretrained,
+            f"data.path={default_store()}", "train.steps=2", "train.batch_size=8",
+            "data.seq_len=32", "checkpoint.async_save=false"]  # fmt: skip
+    assert run(capsys, *argv)[0] == 0
+    train, validation = _files(tmp_path, "classification", 64)
+    config = finetune_config("classification", str(pretrained), str(train), str(validation),
+                             overrides=fast("train.steps=4"))  # fmt: skip
+    trainer = Trainer(config, make_mesh(config.mesh))
+    params = jax.device_get(state_from_init(trainer, pretrained).params)
+    _, _, ours, _ = restore_params(pretrained)
+    for part in ("core", "pooler"):
+        jax.tree.map(np.testing.assert_array_equal, params[part], ours[part])
+    assert params["classifier"]["kernel"].shape == (64, 3)
+    code, _, err = run(capsys, "finetune", "--task", "classification", "--init", pretrained,
+                       "--train", train, "--validation", validation, "--workdir",
+                       tmp_path / "run", *fast("train.steps=4"))  # fmt: skip
+    assert code == 0, err
+    assert run(capsys, "export", "--workdir", tmp_path / "run", "--output", tmp_path / "hf")[0] == 0
+    texts = [e["text"] for e in sentence_examples("classification", 4, 2)]
+    enc, theirs = _hf_logits(tmp_path / "hf", texts, None)
+    mine = load_pretrained(tmp_path / "hf")(enc["input_ids"], enc["token_type_ids"],
+                                            enc["attention_mask"])["logits"]  # fmt: skip
+    assert np.abs(np.asarray(mine) - theirs).max() < TOL
+
+
+def test_patience_stops_when_the_metric_stops_improving(bert, tmp_path, capsys):
+    """With nothing learned (learning rate 0) the first evaluation stays the best; patience 1
+    stops at the next one, after a committed save, and the best checkpoint is the first."""
+    train, validation = _files(tmp_path, "classification", 64)
+    code, out, err = run(capsys, "finetune", "--task", "classification", "--init", bert,
+                         "--train", train, "--validation", validation, "--workdir",
+                         tmp_path / "run", *fast("train.learning_rate=0.0", "train.steps=12",
+                         "train.eval_every=2", "train.patience=1"))  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert "Early stopping at step 4" in out and result["best"]["step"] == 2
+    steps = [
+        json.loads(r)["step"] for r in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert max(steps) == 4

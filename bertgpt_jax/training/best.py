@@ -7,7 +7,9 @@ and the evaluation's metrics, as the one checkpoint of WORKDIR/best/checkpoints,
 `restore_params`, `load_pretrained` and `bertgpt export` read like a workdir's. With
 `train.patience` > 0 the run stops after that many evaluations without a new best.
 
-The best so far is read back from WORKDIR/best at start, so a resumed run keeps it; the count
+The best so far is read back from WORKDIR/best at start, so a resumed run keeps it (one saved
+after the step resumed from is set aside in WORKDIR/set_aside/, as later checkpoints are); the
+count
 of evaluations without improvement is (step - best step) / train.eval_every, a function of the
 steps alone, so a resumed run stops where the uninterrupted one would.
 """
@@ -15,30 +17,49 @@ steps alone, so a resumed run stops where the uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 
+import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
+from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import Config
 from bertgpt_jax.pretrained.workdir import BEST, CHECKPOINTS, open_manager, read_metadata
-from bertgpt_jax.training.checkpoint import Checkpointer
+from bertgpt_jax.training.checkpoint import SET_ASIDE, Checkpointer
 from bertgpt_jax.training.step import TrainState
 
 
 class BestCheckpoint:
-    def __init__(self, config: Config, checkpointer: Checkpointer, metric: str):
+    def __init__(self, config: Config, checkpointer: Checkpointer, metric: str, start: int):
+        """`start`: the step the run starts from; a best saved after it (by a fresh start's
+        predecessor, or a run killed before its next checkpoint) is set aside."""
         self.config, self.checkpointer, self.metric = config, checkpointer, metric
         self.step, self.value = 0, None
         self.manager = None
         if not metric:
             return
-        keep_one = dataclasses.replace(config.checkpoint, keep=1, keep_every=0)
         directory = checkpointer.workdir / BEST / CHECKPOINTS
-        self.manager = open_manager(directory, config.replace(checkpoint=keep_one))
+        self.manager = self._open(directory)
         latest = self.manager.latest_step()
+        if latest is not None and latest > start:
+            self.manager.close()
+            if jax.process_index() == 0:
+                target = checkpointer.workdir / SET_ASIDE / time.strftime("%Y%m%d-%H%M%S") / BEST
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.move_tree(directory, target)
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("bertgpt_best_set_aside")
+            self.manager, latest = self._open(directory), None
         if latest is not None:
             saved = read_metadata(self.manager, latest).get("metrics") or {}
             self.step, self.value = latest, saved.get(f"eval_{metric}")
+
+    def _open(self, directory: epath.Path) -> ocp.CheckpointManager:
+        keep_one = dataclasses.replace(self.config.checkpoint, keep=1, keep_every=0)
+        return open_manager(directory, self.config.replace(checkpoint=keep_one))
 
     def _better(self, value: float) -> bool:
         if self.value is None:

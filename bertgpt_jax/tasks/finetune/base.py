@@ -187,8 +187,9 @@ class FinetuneTask(Task):
         }
 
     def head_flops(self, config: Config) -> float:
-        m = config.model
-        return float(6 * m.hidden_size * max(self.num_labels, 2) * config.train.batch_size)
+        """A dense [D, C] at every position (token and span heads; sequence heads override)."""
+        m, tokens = config.model, config.train.batch_size * config.data.seq_len
+        return float(6 * m.hidden_size * self.num_labels * tokens)
 
 
 @functools.lru_cache(maxsize=8)

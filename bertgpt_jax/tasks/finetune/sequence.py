@@ -50,6 +50,11 @@ class _SequenceTask(FinetuneTask):
     def num_labels(self) -> int:
         return len(self.labels) or 2
 
+    def head_flops(self, config: Config) -> float:
+        """Pooler [D, D] and classifier [D, C] once per sequence."""
+        d = config.model.hidden_size
+        return float(6 * (d * d + d * self.num_labels) * config.train.batch_size)
+
     def build_model(self, config: ModelConfig, key: Array) -> SequenceClassifier:
         return SequenceClassifier(config, self.num_labels, key)
 
