@@ -27,6 +27,7 @@ Array = jax.Array
 class _Encoder(nnx.Module):
     """The shared core and the call every head makes of it."""
 
+    config: ModelConfig
     core: Transformer
     dropout_rate: float
 
@@ -52,6 +53,7 @@ class SequenceClassifier(_Encoder):
     def __init__(self, config: ModelConfig, num_labels: int, key: Array):
         k_core, k_pool, k_head = jax.random.split(key, 3)
         d = config.hidden_size
+        self.config = config
         self.core = Transformer(config, k_core)
         self.pooler = Dense(d, (d,), (sh.EMBED, None), config, k_pool)
         self.classifier = Dense(d, (num_labels,), (sh.EMBED, None), config, k_head)
@@ -82,6 +84,7 @@ class SequenceClassifier(_Encoder):
 class TokenClassifier(_Encoder):
     def __init__(self, config: ModelConfig, num_labels: int, key: Array):
         k_core, k_head = jax.random.split(key)
+        self.config = config
         self.core = Transformer(config, k_core)
         self.classifier = Dense(config.hidden_size, (num_labels,), (sh.EMBED, None), config, k_head)
         self.dropout_rate = config.dropout_rate
@@ -110,6 +113,7 @@ class TokenClassifier(_Encoder):
 class SpanClassifier(_Encoder):
     def __init__(self, config: ModelConfig, key: Array):
         k_core, k_head = jax.random.split(key)
+        self.config = config
         self.core = Transformer(config, k_core)
         self.qa_outputs = Dense(config.hidden_size, (2,), (sh.EMBED, None), config, k_head)
         self.dropout_rate = config.dropout_rate
