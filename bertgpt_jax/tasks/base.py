@@ -3,8 +3,12 @@
 A `Task` says which model (core + heads) it trains, the batch keys it reads, its loss terms and
 their whole-batch denominators, its metric names, a synthetic batch for `bench` and the compile
 check, the FLOPs of its heads, its inference outputs, and the HuggingFace class it exports to.
-The train step, the loop, the checkpointer and the CLI only ever call these methods; they never
-ask which family or task they run.
+It also says where its batches come from (`host_batches`; by default the prepared store's
+pretraining pipeline) and how it is evaluated (`evaluate`, given the jitted forward passes as an
+`Evaluator`; by default mean loss terms over `train.eval_steps` batches), so fine-tuning tasks
+bring their own labelled files and metrics (tasks/finetune). The train step, the loop, the
+checkpointer and the CLI only ever call these methods; they never ask which family or task they
+run.
 
 Losses are carried as per-term `LossSums`; the scalar to differentiate divides each term's sum
 by that term's weight over the *whole* global batch (`term_weights`), so splitting the batch
