@@ -278,12 +278,12 @@ def test_finetunes_from_our_pretraining_workdir(tmp_path, capsys):
 
 
 def test_patience_stops_when_the_metric_stops_improving(bert, tmp_path, capsys):
-    """With nothing learned (learning rate 0) the first evaluation stays the best; patience 1
+    """With nothing learned (learning rate 1e-12) the first evaluation stays the best; patience 1
     stops at the next one, after a committed save, and the best checkpoint is the first."""
     train, validation = _files(tmp_path, "classification", 64)
     code, out, err = run(capsys, "finetune", "--task", "classification", "--init", bert,
                          "--train", train, "--validation", validation, "--workdir",
-                         tmp_path / "run", *fast("train.learning_rate=0.0", "train.steps=12",
+                         tmp_path / "run", *fast("train.learning_rate=1e-12", "train.steps=12",
                          "train.eval_every=2", "train.patience=1"))  # fmt: skip
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
