@@ -1,5 +1,5 @@
 """The `bertgpt` command: train | eval | export | bench | compile | tokenizer | prepare |
-generate | fill-mask | ...
+generate | fill-mask | finetune | predict | ...
 
 One module per command (`COMMANDS`), each with `register(subparsers)` that adds its parser and
 a handler `func(args) -> int`. Every command reads a YAML config plus `section.key=value`
@@ -22,12 +22,14 @@ from bertgpt_jax.cli import (
     export,
     failures,
     fill_mask,
+    finetune,
     generate,
+    predict,
     train,
 )
 from bertgpt_jax.perf import allocator
 
-COMMANDS = (train, evaluate, export, bench, aot, data, generate, fill_mask)
+COMMANDS = (train, finetune, evaluate, export, predict, bench, aot, data, generate, fill_mask)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,12 @@ Float = Annotated[float, pydantic.BeforeValidator(_yaml_float), pydantic.Strict(
 Bool = Annotated[bool, pydantic.Strict()]
 Str = Annotated[str, pydantic.Strict()]
 _STRICT = pydantic.ConfigDict(extra="forbid")
+# A list of strings given in YAML or on the command line, kept as a (hashable) tuple.
+Labels = Annotated[
+    tuple[Str, ...],
+    pydantic.BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v),
+    pydantic.Strict(),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +109,11 @@ class DataConfig:
     # GPT: confine attention and positions to one document inside a packed window.
     document_attention: Bool = False
     prefetch: Int = 2
+    # Fine-tuning (bertgpt finetune): the labelled files, and whether every sub-token of a
+    # word carries its tag (tagging) rather than the first one only.
+    train_file: Str = ""
+    validation_file: Str = ""
+    label_all_tokens: Bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +143,14 @@ class TrainConfig:
     eval_steps: Int = 10
     profile_start: Int = -1
     profile_steps: Int = 0
+    # Fine-tuning: epochs > 0 sets train.steps from the training set's size; warmup_ratio > 0
+    # sets train.warmup_steps to that share of the steps. best_metric (an eval metric, e.g.
+    # "f1") picks the kept best checkpoint; patience > 0 stops after that many evaluations
+    # without improving it.
+    epochs: Float = 0.0
+    warmup_ratio: Float = 0.0
+    best_metric: Str = ""
+    patience: Int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +172,9 @@ class CheckpointConfig:
     keep_every: Int = 0
     async_save: Bool = True
     init_from_hf: Str = ""
+    # Fine-tuning: a training workdir or an HF BERT directory whose encoder (and pooler)
+    # initialise the model; the task's head starts fresh.
+    init_from: Str = ""
 
 
 # The pretraining task of each architecture: what a config without task.name trains.
@@ -167,6 +189,20 @@ class TaskConfig:
     __pydantic_config__ = _STRICT
 
     name: Str = ""
+    # Fine-tuning tasks (see bertgpt_jax/tasks/finetune): the label names in id order (read
+    # from the training file when empty), the input columns (empty: found by name or
+    # position), and the SQuAD windowing and answer rules.
+    labels: Labels = ()
+    text_column: Str = ""
+    text_pair_column: Str = ""
+    label_column: Str = ""
+    doc_stride: Int = 128
+    max_query_length: Int = 64
+    n_best_size: Int = 20
+    max_answer_length: Int = 30
+    # SQuAD v2: predict "no answer" when its score beats the best span's by more than this
+    # (tuned on the validation set during fine-tuning and stored with the model).
+    null_threshold: Float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

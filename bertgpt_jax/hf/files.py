@@ -21,8 +21,14 @@ from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import ModelConfig
 from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.hf.config import hf_config_from_model, model_config_from_hf
-from bertgpt_jax.hf.weights import Params, StateDict, hf_to_params, params_to_hf
-from bertgpt_jax.tasks import pretraining_task
+from bertgpt_jax.hf.weights import (
+    Params,
+    StateDict,
+    hf_encoder_to_params,
+    hf_to_params,
+    params_to_hf,
+)
+from bertgpt_jax.tasks import Task, pretraining_task, task_from_hf_config
 
 _DTYPES: dict[str, Any] = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
@@ -91,16 +97,41 @@ def load_hf(path: str | Path, seed: int = 0, vocab_multiple: int = 1) -> tuple[M
     return config, hf_to_params(state, config, fresh)
 
 
+def _hf_config_json(path: Path) -> dict[str, Any]:
+    data = json.loads((local_dir(path) / "config.json").read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def load_hf_model(path: str | Path, seed: int = 0) -> tuple[ModelConfig, Task, Params]:
+    """An HF directory as the task it was saved for: a fine-tuning class (sequence / token
+    classification, question answering, with its labels) or the pretraining one (`load_hf`)."""
+    config = read_model_config(path)
+    task = task_from_hf_config(_hf_config_json(Path(path)))
+    if task is None:
+        config, params = load_hf(path, seed)
+        return config, pretraining_task(config), params
+    state = read_safetensors(local_dir(path))
+    return config, task, hf_to_params(state, config, task=task)
+
+
+def load_hf_encoder(path: str | Path) -> tuple[ModelConfig, Params]:
+    """The encoder (and pooler, when it has one) of any HF BERT directory, for fine-tuning."""
+    config = read_model_config(path)
+    return config, hf_encoder_to_params(read_safetensors(local_dir(path)), config)
+
+
 def save_hf(
     out_dir: str | Path,
     params: Mapping[str, Any],
     config: ModelConfig,
     dtype: str = "float32",
     extra_config: Mapping[str, Any] | None = None,
+    task: Task | None = None,
 ) -> Path:
     """Writes config.json + model.safetensors that `from_pretrained` loads; returns out_dir.
 
-    `extra_config` adds HF config keys we do not own (e.g. bos/eos/pad ids from the tokenizer).
+    `extra_config` adds HF config keys we do not own (e.g. bos/eos/pad ids from the tokenizer,
+    a task's architecture and id2label); `task` is the model's task (default: pretraining).
     """
     text = os.fspath(out_dir)
     upload = f"write it locally, then gcloud storage cp -r DIR {text}"
@@ -108,7 +139,8 @@ def save_hf(
     if dtype not in _DTYPES:
         raise ConfigError(f"export dtype {dtype!r} is not supported; use one of {list(_DTYPES)}.")
     hf_config = {**hf_config_from_model(config), "dtype": dtype, **(extra_config or {})}
-    state = {k: v.astype(_DTYPES[dtype]) for k, v in params_to_hf(params, config).items()}
+    hf_state = params_to_hf(params, config, task)
+    state = {k: v.astype(_DTYPES[dtype]) for k, v in hf_state.items()}
     out.mkdir(parents=True, exist_ok=True)
     fs.atomic_write(
         out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"})

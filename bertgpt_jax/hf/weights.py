@@ -27,7 +27,7 @@ from flax import traverse_util
 
 from bertgpt_jax.core.config import ModelConfig
 from bertgpt_jax.core.errors import ConfigError
-from bertgpt_jax.tasks import pretraining_task
+from bertgpt_jax.tasks import Task, pretraining_task
 
 Params = dict[str, Any]
 _log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ _ATT = "core/layers/attention/"
 _MLP = "core/layers/mlp/"
 _QKV = ("query", "key", "value")
 
-BERT_TABLE: tuple[Rule, ...] = (
+BERT_ENCODER: tuple[Rule, ...] = (
     _same("bert.embeddings.word_embeddings.weight", "core/embeddings/token"),
     _same("bert.embeddings.position_embeddings.weight", "core/embeddings/position"),
     _same("bert.embeddings.token_type_embeddings.weight", "core/embeddings/token_type"),
@@ -88,8 +88,12 @@ BERT_TABLE: tuple[Rule, ...] = (
     _vec(_BL + "output.dense.bias", _MLP + "wo/bias"),
     _vec(_BL + "output.LayerNorm.weight", "core/layers/mlp_norm/scale"),
     _vec(_BL + "output.LayerNorm.bias", "core/layers/mlp_norm/bias"),
+)
+BERT_POOLER: tuple[Rule, ...] = (
     _linear("bert.pooler.dense.weight", "pooler/kernel"),
     _vec("bert.pooler.dense.bias", "pooler/bias"),
+)
+BERT_PRETRAINING_HEADS: tuple[Rule, ...] = (
     _linear("cls.predictions.transform.dense.weight", "mlm_head/transform/kernel"),
     _vec("cls.predictions.transform.dense.bias", "mlm_head/transform/bias"),
     _vec("cls.predictions.transform.LayerNorm.weight", "mlm_head/norm/scale"),
@@ -98,6 +102,21 @@ BERT_TABLE: tuple[Rule, ...] = (
     _linear("cls.seq_relationship.weight", "nsp_head/kernel"),
     _vec("cls.seq_relationship.bias", "nsp_head/bias"),
 )
+BERT_TABLE = BERT_ENCODER + BERT_POOLER + BERT_PRETRAINING_HEADS
+
+# The fine-tuning classes: BERT's encoder rows plus their head, keyed by HF architecture.
+_CLASSIFIER = (
+    _linear("classifier.weight", "classifier/kernel"),
+    _vec("classifier.bias", "classifier/bias"),
+)
+HEAD_TABLES: dict[str, tuple[Rule, ...]] = {
+    "BertForSequenceClassification": BERT_POOLER + _CLASSIFIER,
+    "BertForTokenClassification": _CLASSIFIER,
+    "BertForQuestionAnswering": (
+        _linear("qa_outputs.weight", "qa_outputs/kernel"),
+        _vec("qa_outputs.bias", "qa_outputs/bias"),
+    ),
+}
 
 GPT2_TABLE: tuple[Rule, ...] = (
     _same("transformer.wte.weight", "core/embeddings/token"),
@@ -160,7 +179,8 @@ BERT = Family(
     renames=(
         (r"LayerNorm\.gamma$", "LayerNorm.weight"),
         (r"LayerNorm\.beta$", "LayerNorm.bias"),
-        (r"^(?!bert\.|cls\.)", "bert."),  # BertModel's files name tensors without "bert."
+        # BertModel's files name tensors without "bert."; the task classes' heads sit at the top.
+        (r"^(?!bert\.|cls\.|classifier\.|qa_outputs\.)", "bert."),
     ),
     buffers=(r"^bert\.embeddings\.position_ids$",),
     fields={
@@ -234,19 +254,32 @@ def family_of(config: ModelConfig) -> Family:
     return FAMILIES[config.family]
 
 
+def table_of(config: ModelConfig, task: Task | None = None) -> tuple[Rule, ...]:
+    """The name map of `task`'s model (default: the family's pretraining class)."""
+    family = family_of(config)
+    if task is None or task.hf_architecture == family.architecture:
+        return family.table
+    if task.hf_architecture not in HEAD_TABLES:
+        raise ConfigError(f"task {task.name} has no HuggingFace weight table.")
+    return BERT_ENCODER + HEAD_TABLES[task.hf_architecture]
+
+
 def _layered(rule: Rule) -> bool:
     return "{i}" in rule.hf
 
 
 @functools.lru_cache(maxsize=16)
-def _param_shapes(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    flat = _flatten(pretraining_task(config).abstract_params(config))
+def _param_shapes(
+    config: ModelConfig, task: Task | None
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    flat = _flatten((task or pretraining_task(config)).abstract_params(config))
     return tuple((path, tuple(leaf.shape)) for path, leaf in flat.items())
 
 
-def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Our parameter shapes by "/"-joined path, from `jax.eval_shape` (nothing allocated)."""
-    return dict(_param_shapes(config))
+def param_shapes(config: ModelConfig, task: Task | None = None) -> dict[str, tuple[int, ...]]:
+    """Our parameter shapes by "/"-joined path, from `jax.eval_shape` (nothing allocated), of
+    `task`'s model (default: the pretraining one)."""
+    return dict(_param_shapes(config, task))
 
 
 def _hf_shape(rule: Rule, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
@@ -266,11 +299,11 @@ def _is_vocab(rule: Rule) -> bool:
     return rule.ours[0] in _VOCAB_PARAMS
 
 
-def hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def hf_shapes(config: ModelConfig, task: Task | None = None) -> dict[str, tuple[int, ...]]:
     """Every HF tensor name (tied aliases left out, as `save_pretrained` does) -> its shape."""
-    ours = param_shapes(config)
+    ours = param_shapes(config, task)
     out = {}
-    for rule in family_of(config).table:
+    for rule in table_of(config, task):
         per_layer = _layered(rule)
         shapes = [ours[p][1:] if per_layer else ours[p] for p in rule.ours]
         for name in _names(rule, config.num_layers):
@@ -319,18 +352,20 @@ def _check_names(
             raise ConfigError(f"{noun} {name} has shape {got} but {shape} is needed; {fix}.")
 
 
-def check_params(params: Mapping[str, Any], config: ModelConfig) -> None:
+def check_params(params: Mapping[str, Any], config: ModelConfig, task: Task | None = None) -> None:
     """Raises ConfigError unless `params` has exactly the paths and shapes `config` builds."""
     fix = "the parameters were made for another model config"
-    _check_names("parameter", _flatten(params), param_shapes(config), fix)
+    _check_names("parameter", _flatten(params), param_shapes(config, task), fix)
 
 
-def params_to_hf(params: Mapping[str, Any], config: ModelConfig) -> StateDict:
+def params_to_hf(
+    params: Mapping[str, Any], config: ModelConfig, task: Task | None = None
+) -> StateDict:
     """Our nested parameter dict -> the HF state dict (float32 numpy, tied aliases left out)."""
-    check_params(params, config)
+    check_params(params, config, task)
     flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in _flatten(params).items()}
     state: StateDict = {}
-    for rule in family_of(config).table:
+    for rule in table_of(config, task):
         parts = [flat[p] for p in rule.ours]
         if _layered(rule):
             for i, name in enumerate(_names(rule, config.num_layers)):
@@ -364,40 +399,73 @@ def _normalise(state: Mapping[str, Any], family: Family) -> StateDict:
     return out
 
 
+def _rule_params(
+    rule: Rule,
+    tensors: Mapping[str, np.ndarray],
+    ours: Mapping[str, tuple[int, ...]],
+    config: ModelConfig,
+) -> dict[str, np.ndarray]:
+    """Our parameter(s) of one rule from the HF tensors (per-layer rows stacked, a vocabulary
+    axis padded with zero rows to model.vocab_multiple)."""
+    if not _layered(rule):
+        tensor = tensors[rule.hf]
+        if _is_vocab(rule):
+            rows = config.padded_vocab_size - tensor.shape[0]
+            tensor = np.pad(tensor, [(0, rows)] + [(0, 0)] * (tensor.ndim - 1))
+        parts = _from_hf(rule, tensor, [ours[p] for p in rule.ours])
+        return dict(zip(rule.ours, parts, strict=True))
+    shapes = [ours[p][1:] for p in rule.ours]
+    per_layer = [_from_hf(rule, tensors[n], shapes) for n in _names(rule, config.num_layers)]
+    return {path: np.stack([parts[j] for parts in per_layer]) for j, path in enumerate(rule.ours)}
+
+
 def hf_to_params(
-    state: Mapping[str, Any], config: ModelConfig, fresh: Callable[[], Params] | None = None
+    state: Mapping[str, Any],
+    config: ModelConfig,
+    fresh: Callable[[], Params] | None = None,
+    task: Task | None = None,
 ) -> Params:
-    """An HF state dict (name -> array) -> our nested parameter dict of float32 numpy arrays.
+    """An HF state dict (name -> array) -> our nested parameter dict of float32 numpy arrays,
+    for `task`'s model (default: the pretraining class).
 
     Head tensors a base or masked-LM-only checkpoint lacks (`Family.optional`) are taken from
     `fresh()` (freshly initialised parameters) when it is given, and logged; otherwise every
     tensor must be there."""
     family = family_of(config)
     tensors = _normalise(state, family)
-    expected = hf_shapes(config)
+    expected = hf_shapes(config, task)
     absent = sorted(n for n in expected if n not in tensors and n in family.optional)
     if fresh is not None and absent:
         expected = {n: s for n, s in expected.items() if n not in absent}
         _log.warning("initialised fresh (not in the checkpoint): %s", ", ".join(absent))
-    fix = f"the weights do not match config.json (a {family.architecture} is expected)"
+    architecture = family.architecture if task is None else task.hf_architecture
+    fix = f"the weights do not match config.json (a {architecture} is expected)"
     _check_names("HF tensor", tensors, expected, fix)
-    ours = param_shapes(config)
+    ours = param_shapes(config, task)
     flat: dict[str, np.ndarray] = {}
     new = _flatten(fresh()) if fresh is not None and absent else {}
-    for rule in family.table:
+    for rule in table_of(config, task):
         if rule.hf in absent:
             flat.update({p: np.asarray(new[p], np.float32) for p in rule.ours})
-            continue
-        if _layered(rule):
-            shapes = [ours[p][1:] for p in rule.ours]
-            layers = [_from_hf(rule, tensors[n], shapes) for n in _names(rule, config.num_layers)]
-            for j, path in enumerate(rule.ours):
-                flat[path] = np.stack([parts[j] for parts in layers])
         else:
-            tensor = tensors[rule.hf]
-            if _is_vocab(rule):  # zero rows up to the padded vocabulary
-                rows = config.padded_vocab_size - tensor.shape[0]
-                tensor = np.pad(tensor, [(0, rows)] + [(0, 0)] * (tensor.ndim - 1))
-            parts = _from_hf(rule, tensor, [ours[p] for p in rule.ours])
-            flat.update(zip(rule.ours, parts, strict=True))
+            flat.update(_rule_params(rule, tensors, ours, config))
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def hf_encoder_to_params(state: Mapping[str, Any], config: ModelConfig) -> Params:
+    """The encoder (`core`) and, where the checkpoint has one, the `pooler` of any BERT state
+    dict (pretraining, base, or a task class whose head is left out): what fine-tuning starts
+    from."""
+    family = family_of(config)
+    tensors = _normalise(state, family)
+    shapes = hf_shapes(config)
+    rules = BERT_ENCODER + (BERT_POOLER if BERT_POOLER[0].hf in tensors else ())
+    wanted = {n for rule in rules for n in _names(rule, config.num_layers)}
+    fix = f"the weights do not match config.json (a {family.architecture} is expected)"
+    found = {n: t for n, t in tensors.items() if n in wanted}
+    _check_names("HF tensor", found, {n: shapes[n] for n in wanted}, fix)
+    ours = param_shapes(config)
+    flat: dict[str, np.ndarray] = {}
+    for rule in rules:
+        flat.update(_rule_params(rule, tensors, ours, config))
     return traverse_util.unflatten_dict(flat, sep="/")

@@ -38,7 +38,7 @@ from bertgpt_jax.data.tokenizers import (
 )
 from bertgpt_jax.hf import files as hf_files
 from bertgpt_jax.hf.tokenizer import hf_special_ids, write_hf_tokenizer
-from bertgpt_jax.pretrained.workdir import restore_params
+from bertgpt_jax.pretrained.workdir import model_source, restore_params
 from bertgpt_jax.tasks import get_task
 
 
@@ -185,9 +185,11 @@ def _write_export(
     tokenizer: Tokenizer,
     dtype: str,
 ) -> None:
-    paired = get_task(config).paired_inputs
+    task = get_task(config).tuned(meta.get("metrics") or {})
+    paired = task.paired_inputs
     specials = hf_special_ids(tokenizer.specials, paired)
-    hf_files.save_hf(tmp, params, config.model, dtype, extra_config=specials)
+    extra = {**specials, **task.hf_config()}
+    hf_files.save_hf(tmp, params, config.model, dtype, extra_config=extra, task=task)
     if isinstance(tokenizer, SentencePieceTokenizer):  # converted to tokenizer.json, same ids
         write_hf_tokenizer(tmp, tokenizer.model_path, paired, config.model.max_len)
     else:  # a HuggingFace tokenizer goes back as it came
@@ -202,12 +204,13 @@ def export(
     step: int | None = None,
     dtype: str = "float32",
 ) -> Path | epath.Path:
-    """Writes the HF directory for a workdir's checkpoint (the newest, or `step`) to `output`, a
-    local path or a gs:// URL; returns it (a pathlib.Path when local)."""
+    """Writes the HF directory for a workdir's checkpoint (the best of a fine-tuning run, else
+    the newest, or `step`) to `output`, a local path or a gs:// URL; returns it (a
+    pathlib.Path when local)."""
     workdir, target = fs.as_path(workdir), _output_path(output)
     if dtype not in ("float32", "bfloat16"):
         raise CheckpointError(f"--dtype {dtype!r} is not valid; use float32 or bfloat16.")
-    config, step, params, meta = restore_params(workdir, step)
+    config, step, params, meta = restore_params(model_source(workdir, step), step)
     local = None if fs.is_remote(target) else Path(os.fspath(target))
     tmp = _staging_dir(local)
     scratch = Path(tempfile.mkdtemp(prefix="bertgpt-tokenizer-"))

@@ -34,7 +34,7 @@ from bertgpt_jax.generation.generator import Completion, Generator
 from bertgpt_jax.generation.text import TextTokenizer, load_text_tokenizer
 from bertgpt_jax.hf import files as hf_files
 from bertgpt_jax.hf import weights as hf
-from bertgpt_jax.tasks import Task, pretraining_task
+from bertgpt_jax.tasks import Task, get_task, pretraining_task
 
 Array = jax.Array
 ArrayLike = np.ndarray | jax.Array
@@ -44,15 +44,17 @@ def _is_workdir(path: Path) -> bool:
     return (path / "checkpoints").is_dir()
 
 
-def _load_workdir(path: Path) -> tuple[ModelConfig, Any]:
+def _load_workdir(path: Path) -> tuple[ModelConfig, Task, Any]:
     from bertgpt_jax.pretrained.workdir import load_workdir  # Orbax is imported only when needed
 
-    return load_workdir(path)
+    config, params, metrics = load_workdir(path)
+    return config.model, get_task(config).tuned(metrics), params
 
 
-# (does this directory hold it?, read it -> (ModelConfig, params)), tried in order.
-_LOADERS: tuple[tuple[Callable[[Path], bool], Callable[[Path], tuple[ModelConfig, Any]]], ...] = (
-    (hf_files.is_hf_dir, hf_files.load_hf),
+Loader = Callable[[Path], tuple[ModelConfig, Task, Any]]
+# (does this directory hold it?, read it -> (ModelConfig, task, params)), tried in order.
+_LOADERS: tuple[tuple[Callable[[Path], bool], Loader], ...] = (
+    (hf_files.is_hf_dir, hf_files.load_hf_model),
     (_is_workdir, _load_workdir),
 )
 
@@ -101,9 +103,9 @@ class PretrainedModel:
         tokenizer: TextTokenizer | None = None,
         eos_id: int | None = None,
     ):
-        hf.check_params(params, config)
-        self.config = config
         self.task = task or pretraining_task(config)
+        hf.check_params(params, config, self.task)
+        self.config = config
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None or tokenizer is None else tokenizer.eos_id
         self._generators: dict[Mesh | None, Generator] = {}
@@ -229,13 +231,13 @@ def load_pretrained(
         raise ConfigError(f"{path} is not a directory; pass a HuggingFace model directory.")
     for holds, read in _LOADERS:
         if holds(path):
-            config, params = read(path)
+            config, task, params = read(path)
             if dtype is not None:
                 if dtype not in ("float32", "bfloat16"):
                     raise ConfigError(f"dtype={dtype!r} is not valid; use float32 or bfloat16.")
                 config = dataclasses.replace(config, dtype=dtype)
             return PretrainedModel(
-                config, params, tokenizer=load_text_tokenizer(path), eos_id=_eos_id(path)
+                config, params, task, tokenizer=load_text_tokenizer(path), eos_id=_eos_id(path)
             )
     raise ConfigError(
         f"{path} holds no model bertgpt-jax can load: a HuggingFace directory needs "

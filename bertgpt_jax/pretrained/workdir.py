@@ -16,11 +16,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bertgpt_jax.core import fs
-from bertgpt_jax.core.config import Config, ModelConfig, config_from_dict
+from bertgpt_jax.core.config import Config, config_from_dict
 from bertgpt_jax.core.errors import CheckpointError
 from bertgpt_jax.tasks import get_task
 
 CHECKPOINTS = "checkpoints"
+# A fine-tuning run keeps the parameters of its best evaluation here, as a workdir of one
+# checkpoint (training/best.py); export and inference prefer it.
+BEST = "best"
 TOKENIZER_FILE = "tokenizer.model"
 # Orbax's replica-parallel save writes a replicated shard in slices, one per replica, so that
 # every host writes a part; the slices are cut on the devices by small jitted programs (compiled
@@ -172,7 +175,15 @@ def is_workdir(path: str | Path) -> bool:
     return (fs.as_path(path) / CHECKPOINTS).is_dir()
 
 
-def load_workdir(path: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
-    """The newest readable checkpoint's model config and parameters (no optimizer state)."""
-    config, _, params, _ = restore_params(path)
-    return config.model, params
+def model_source(workdir: str | Path, step: int | None = None) -> Any:
+    """Where a workdir's model is read from: its best checkpoint (WORKDIR/best) when it has one
+    and no `step` is asked for, else the workdir itself."""
+    path = fs.as_path(workdir)
+    return path / BEST if step is None and (path / BEST / CHECKPOINTS).is_dir() else path
+
+
+def load_workdir(path: str | Path) -> tuple[Config, dict[str, Any], dict[str, Any]]:
+    """The best (else the newest readable) checkpoint's config, parameters (no optimizer
+    state) and saved metrics."""
+    config, _, params, meta = restore_params(model_source(path))
+    return config, params, dict(meta.get("metrics") or {})

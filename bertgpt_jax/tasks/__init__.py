@@ -7,6 +7,7 @@ what they meant.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -16,9 +17,10 @@ from bertgpt_jax.core.config import PRETRAINING_TASKS, Config, ModelConfig
 from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.tasks.base import Task
 from bertgpt_jax.tasks.causal_lm import CausalLm
+from bertgpt_jax.tasks.finetune import FINETUNE_TASKS, FinetuneTask
 from bertgpt_jax.tasks.masked_lm import MaskedLm
 
-TASKS: dict[str, Task] = {task.name: task for task in (MaskedLm(), CausalLm())}
+TASKS: dict[str, Task] = {task.name: task for task in (MaskedLm(), CausalLm(), *FINETUNE_TASKS)}
 
 
 def task_named(name: str, model: ModelConfig) -> Task:
@@ -35,7 +37,7 @@ def task_named(name: str, model: ModelConfig) -> Task:
 
 
 def get_task(config: Config) -> Task:
-    return task_named(config.task.name, config.model)
+    return task_named(config.task.name, config.model).for_config(config)
 
 
 def pretraining_task(model: ModelConfig) -> Task:
@@ -48,6 +50,22 @@ def build_model(model: ModelConfig, key: jax.Array) -> Any:
     return pretraining_task(model).build_model(model, key)
 
 
+def task_from_hf_config(hf_config: Mapping[str, Any]) -> Task | None:
+    """The fine-tuning task an exported config.json describes (its architecture, problem_type
+    and id2label, and the options we stored under "bertgpt_task"), or None for another one."""
+    architectures = hf_config.get("architectures") or [""]
+    problems = {"regression": "regression", "multi_label_classification": "multilabel"}
+    for task in FINETUNE_TASKS:
+        if task.hf_architecture != architectures[0]:
+            continue
+        if task.hf_architecture == "BertForSequenceClassification":
+            wanted = problems.get(str(hf_config.get("problem_type")), "classification")
+            if task.name != wanted:
+                continue
+        return task.from_hf_config(hf_config)
+    return None
+
+
 def synthetic_batch(
     config: Config, batch_size: int | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
@@ -56,5 +74,6 @@ def synthetic_batch(
 
 
 __all__ = [
-    "TASKS", "Task", "build_model", "get_task", "pretraining_task", "synthetic_batch", "task_named",
+    "TASKS", "FinetuneTask", "Task", "build_model", "get_task", "pretraining_task",
+    "synthetic_batch", "task_from_hf_config", "task_named",
 ]  # fmt: skip

@@ -3,8 +3,12 @@
 A `Task` says which model (core + heads) it trains, the batch keys it reads, its loss terms and
 their whole-batch denominators, its metric names, a synthetic batch for `bench` and the compile
 check, the FLOPs of its heads, its inference outputs, and the HuggingFace class it exports to.
-The train step, the loop, the checkpointer and the CLI only ever call these methods; they never
-ask which family or task they run.
+It also says where its batches come from (`host_batches`; by default the prepared store's
+pretraining pipeline) and how it is evaluated (`evaluate`, given the jitted forward passes as an
+`Evaluator`; by default mean loss terms over `train.eval_steps` batches), so fine-tuning tasks
+bring their own labelled files and metrics (tasks/finetune). The train step, the loop, the
+checkpointer and the CLI only ever call these methods; they never ask which family or task they
+run.
 
 Losses are carried as per-term `LossSums`; the scalar to differentiate divides each term's sum
 by that term's weight over the *whole* global batch (`term_weights`), so splitting the batch
@@ -14,8 +18,8 @@ into microbatches and summing their gradients gives exactly the full-batch gradi
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +31,20 @@ from bertgpt_jax.ops.cross_entropy import LossSums
 
 Array = jax.Array
 Batch = Mapping[str, Array]
+HostBatch = dict[str, np.ndarray]
+
+
+class Evaluator(Protocol):
+    """What the training stack lends a task's evaluation: the jitted, sharded forward passes
+    of the state being evaluated, on this process's rows of a global batch."""
+
+    def loss_sums(self, rows: Mapping[str, np.ndarray]) -> dict[str, LossSums]:
+        """The batch's per-term loss sums (host numpy)."""
+        ...
+
+    def outputs(self, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`Task.predict` of the whole global batch, on every process (host numpy)."""
+        ...
 
 
 class Task(abc.ABC):
@@ -41,6 +59,59 @@ class Task(abc.ABC):
     # Inputs are [CLS] A [SEP] (B [SEP]) with token types (BERT), not plain text (GPT): the
     # exported tokenizer adds those tokens and config.json names no begin/end token.
     paired_inputs: ClassVar[bool]
+    # The eval metric whose best value picks the kept checkpoint (train.best_metric overrides;
+    # empty: none is kept).
+    best_metric: ClassVar[str] = ""
+
+    def for_config(self, config: Config) -> Task:
+        """This task as `config` sets it up (e.g. with its label names); most need nothing."""
+        return self
+
+    def tuned(self, metrics: Mapping[str, float]) -> Task:
+        """This task with what its evaluation tuned (e.g. a threshold), from the saved eval
+        metrics; most tune nothing."""
+        return self
+
+    def hf_config(self) -> dict[str, Any]:
+        """Keys this task adds to an exported config.json (e.g. id2label)."""
+        return {}
+
+    def host_batches(
+        self,
+        config: Config,
+        split: str,
+        start_step: int,
+        process_index: int,
+        process_count: int,
+    ) -> Iterator[HostBatch]:
+        """This process's rows of the global batches from `start_step` on: by default the
+        prepared store's pretraining pipeline (data.host_batches)."""
+        from bertgpt_jax.data import host_batches
+
+        return host_batches(
+            config,
+            split=split,
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def evaluate(
+        self, config: Config, evaluator: Evaluator, process_index: int, process_count: int
+    ) -> dict[str, float]:
+        """Validation metrics; by default the mean loss terms over `train.eval_steps` batches
+        (the same batches every time)."""
+        totals: dict[str, LossSums] | None = None
+        batches = self.host_batches(config, "validation", 0, process_index, process_count)
+        for _, rows in zip(range(config.train.eval_steps), batches, strict=False):
+            sums = evaluator.loss_sums(rows)
+            if totals is None:
+                totals = sums
+            else:
+                totals = {k: LossSums(*np.add(totals[k], sums[k])) for k in totals}
+        if totals is None:
+            return {}
+        return {k: float(v) for k, v in self.metrics(totals, self.coefficients(config)).items()}
 
     @abc.abstractmethod
     def build_model(self, config: ModelConfig, key: Array) -> Any:

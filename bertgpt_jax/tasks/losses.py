@@ -60,3 +60,10 @@ def tied_causal_lm_loss(
     weights = loss_weights.reshape(-1).astype(jnp.float32)
     correct = (gap <= 0).astype(jnp.float32)
     return LossSums((nll * weights).sum(), weights.sum(), (correct * weights).sum())
+
+
+def sigmoid_cross_entropy(logits: Array, targets: Array) -> Array:
+    """Binary cross-entropy of each logit against a {0, 1} target (multi-label), elementwise,
+    in float32 and stable for large |logits| (torch's BCEWithLogitsLoss)."""
+    x = logits.astype(jnp.float32)
+    return jnp.maximum(x, 0.0) - x * targets + jnp.log1p(jnp.exp(-jnp.abs(x)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +27,44 @@ from bertgpt_jax.core.errors import NonFiniteError
 from bertgpt_jax.data.tokenizers import load_tokenizer, store_tokenizer, tokenizer_location
 from bertgpt_jax.ops.cross_entropy import LossSums
 from bertgpt_jax.parallel.sharding import make_mesh
+from bertgpt_jax.training.best import BestCheckpoint, best_metric
 from bertgpt_jax.training.checkpoint import Checkpointer
 from bertgpt_jax.training.hf_init import state_from_hf
+from bertgpt_jax.training.init_from import state_from_init
 from bertgpt_jax.training.metrics import MetricsWriter, device_peak_flops, flops_per_step
 from bertgpt_jax.training.preemption import Preemption
 from bertgpt_jax.training.preflight import check_training
 from bertgpt_jax.training.step import Trainer, TrainState
 
 
-def _host_batches(config: Config, split: str, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    from bertgpt_jax.data import host_batches
-
-    return host_batches(
-        config,
-        split=split,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+def _host_batches(
+    trainer: Trainer, config: Config, split: str, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
+    return trainer.task.host_batches(
+        config, split, start_step, jax.process_index(), jax.process_count()
     )
 
 
+class _Evaluator:
+    """The state's jitted forward passes, lent to the task's evaluation (tasks.Evaluator)."""
+
+    def __init__(self, trainer: Trainer, state: TrainState):
+        self.trainer, self.state = trainer, state
+
+    def loss_sums(self, rows: Mapping[str, np.ndarray]) -> dict[str, LossSums]:
+        return jax.device_get(self.trainer.eval_step(self.state, self.trainer.device_batch(rows)))
+
+    def outputs(self, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = self.trainer.device_batch(rows)
+        return jax.device_get(self.trainer.outputs_step(self.state, batch))
+
+
 def evaluate(trainer: Trainer, state: TrainState, config: Config) -> dict[str, float]:
-    """Mean metrics over `train.eval_steps` validation batches (the same batches every time)."""
-    totals: dict[str, LossSums] | None = None
-    batches = _host_batches(config, "validation", 0)
-    for _, rows in zip(range(config.train.eval_steps), batches, strict=False):
-        sums = jax.device_get(trainer.eval_step(state, trainer.device_batch(rows)))
-        if totals is None:
-            totals = sums
-        else:
-            totals = {k: LossSums(*np.add(totals[k], sums[k])) for k in totals}
-    if totals is None:
-        return {}
-    return {k: float(v) for k, v in trainer.task.metrics(totals, trainer.coefficients).items()}
+    """The task's validation metrics (pretraining: mean loss terms over `train.eval_steps`
+    batches, the same batches every time)."""
+    return trainer.task.evaluate(
+        config, _Evaluator(trainer, state), jax.process_index(), jax.process_count()
+    )
 
 
 # nan_policy=skip warns once when more than this fraction of the steps run were skipped.
@@ -170,18 +175,23 @@ def train_and_evaluate(
             _trim_metrics(workdir / "metrics.jsonl", start)
             _copy_tokenizer(config, workdir)
         writer = MetricsWriter(workdir, config.train.steps, start, enabled=primary)
+        metric = best_metric(config, trainer.task.best_metric)
+        best = BestCheckpoint(config, checkpointer, metric, start)
         try:
             with Preemption(start) as preemption:
                 return _loop(
-                    config, workdir, trainer, checkpointer, state, start, writer, preemption
+                    config, workdir, trainer, checkpointer, state, start, writer, preemption, best
                 )
         finally:
+            best.close()
             writer.close()
     finally:
         checkpointer.close()
 
 
 def _initial_state(config: Config, trainer: Trainer, tokenizer: dict | None) -> TrainState:
+    if config.checkpoint.init_from:
+        return state_from_init(trainer, config.checkpoint.init_from)
     if config.checkpoint.init_from_hf:
         return state_from_hf(trainer, config.checkpoint.init_from_hf, tokenizer)
     return trainer.init(config.train.seed)
@@ -203,12 +213,25 @@ def _trim_metrics(path: epath.Path, last_step: int) -> None:
 
 
 def _copy_tokenizer(config: Config, workdir: epath.Path) -> None:
-    """Keeps the store's tokenizer files in the workdir, for `bertgpt export`."""
+    """Keeps the store's tokenizer files (or, without a store, data.tokenizer's: fine-tuning)
+    in the workdir, for `bertgpt export`."""
     if not config.data.path:
+        if config.data.tokenizer:
+            store_tokenizer(load_tokenizer(config.data.tokenizer), workdir)
         return
     source = tokenizer_location(Path(config.data.path))
     if source.exists():
         store_tokenizer(load_tokenizer(source), workdir)
+
+
+def _preempted(step: int) -> str:
+    return f"Preempted: saved a committed checkpoint at step {step}; exiting."
+
+
+def _stopped(step: int, best: BestCheckpoint, patience: int) -> str:
+    return (
+        f"Early stopping at step {step}: {patience} evaluations without a new best {best.metric}."
+    )
 
 
 def _loop(
@@ -220,6 +243,7 @@ def _loop(
     start: int,
     writer: MetricsWriter,
     preemption: Preemption,
+    best: BestCheckpoint,
 ) -> dict[str, float]:
     t = config.train
     timer = _Timer(config, jax.device_count())
@@ -228,7 +252,7 @@ def _loop(
     last_eval: dict[str, float] = {}
     saved = dict(checkpointer.restored_metrics)  # a run already at train.steps reports these
     skips = _Skips(saved, start)
-    batches = _host_batches(config, "train", start)
+    batches = _host_batches(trainer, config, "train", start)
     step = start
     while step < t.steps:
         _profile(config, step, workdir)
@@ -252,20 +276,20 @@ def _loop(
             writer.write(step, last)
             writer.advance(len(history))
             history = []
+        early = False
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
             last_eval = evaluate(trainer, state, config)
             writer.write(step, last_eval, prefix="eval_")
             timer.reset()  # evaluation waited for the train steps; its time is not theirs
-        if must_save:
+            early = best.update(step, last_eval, state)  # train.patience ran out: stop here
+        if must_save or early:
             saved = {**last, **{f"eval_{k}": v for k, v in last_eval.items()}}
-            checkpointer.save(step, state, saved, force=step == t.steps or stop)
+            checkpointer.save(step, state, saved, force=step == t.steps or stop or early)
             writer.sync(force=True)  # a remote workdir's metrics reach it with each checkpoint
-        if stop:
+        if stop or early:
             checkpointer.wait()
             if jax.process_index() == 0:
-                print(
-                    f"Preempted: saved a committed checkpoint at step {step}; exiting.", flush=True
-                )
+                print(_stopped(step, best, t.patience) if early else _preempted(step), flush=True)
             break
     if t.profile_steps > 0 and t.profile_start <= step < t.profile_start + t.profile_steps:
         jax.profiler.stop_trace()

@@ -75,6 +75,9 @@ class Trainer:
             in_shardings=(self.state_shardings,),
             out_shardings=self.replicated,
         )
+        self._outputs_step = jax.jit(
+            self._outputs, in_shardings=(self.state_shardings, None), out_shardings=self.replicated
+        )
 
     @property
     def replicated(self) -> NamedSharding:
@@ -178,6 +181,15 @@ class Trainer:
     def _eval(self, state: TrainState, batch: Batch) -> dict[str, LossSums]:
         return self.task.loss_terms(self.model(state.params), batch, None)
 
+    def _outputs(self, state: TrainState, batch: Batch) -> dict[str, Array]:
+        return self.task.predict(
+            self.model(state.params),
+            batch["input_ids"],
+            positions=batch["positions"],
+            segment_ids=batch["segment_ids"],
+            token_type_ids=batch.get("token_type_ids"),
+        )
+
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
         with jax.set_mesh(self.mesh):
             return self._train_step(state, batch)
@@ -196,6 +208,11 @@ class Trainer:
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, LossSums]:
         with jax.set_mesh(self.mesh):
             return self._eval_step(state, batch)
+
+    def outputs_step(self, state: TrainState, batch: Batch) -> dict[str, Array]:
+        """The task's deterministic outputs (`Task.predict`) of a global batch, replicated."""
+        with jax.set_mesh(self.mesh):
+            return self._outputs_step(state, batch)
 
     def device_batch(self, host_rows: Mapping[str, Any]) -> dict[str, Array]:
         """This process's numpy rows -> global arrays sharded over the batch axes."""
