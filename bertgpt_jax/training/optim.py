@@ -2,10 +2,9 @@
 Adafactor, each behind global-norm clipping, with weight decay masked off biases and LayerNorm
 parameters (as google-research/bert's `exclude_from_weight_decay`).
 
-Every optimizer is an `Optimizer`: `init(params) -> state`, `update_is_finite(grads, state,
-params, grad_norm) -> bool` (would the update leave every parameter and moment finite?) and
-`apply(grads, state, params, grad_norm, finite) -> (params, state)`, where a step that is not
-`finite` (its loss, gradient or update) leaves both unchanged. LAMB and Adafactor are optax's. AdamW is written out (`FusedAdamW`, the same
+Every optimizer is an `Optimizer`: `init(params) -> state` and `apply(grads, state, params,
+grad_norm, finite) -> (params, state)`, where a step whose loss or gradient is not finite leaves
+both unchanged. LAMB and Adafactor are optax's. AdamW is written out (`FusedAdamW`, the same
 update as `optax.chain(clip_by_global_norm, adamw)`) so that each tensor takes one pass per
 output: optax's chain, followed by the non-finite select, makes XLA recompute the new moments
 inside the parameter update, which needs copies of the old moments and a materialised clipped
@@ -55,24 +54,9 @@ def decay_mask(params: Any) -> Any:
 class Optimizer(Protocol):
     def init(self, params: Any) -> Any: ...
 
-    def update_is_finite(
-        self, grads: Any, state: Any, params: Any, grad_norm: jax.Array
-    ) -> jax.Array: ...
-
     def apply(
         self, grads: Any, state: Any, params: Any, grad_norm: jax.Array, finite: jax.Array
     ) -> tuple[Any, Any]: ...
-
-
-def all_finite(tree: Any) -> jax.Array:
-    """bool []: every element of every floating-point leaf of `tree` is finite (one reduction
-    per leaf; integer leaves such as step counters are finite by construction)."""
-    flags = [
-        jnp.isfinite(x).all()
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
-    ]
-    return jnp.stack(flags).all() if flags else jnp.ones((), bool)
 
 
 def _keep(finite: jax.Array, new: Any, old: Any) -> Any:
@@ -87,14 +71,6 @@ class OptaxOptimizer:
 
     def init(self, params: Any) -> Any:
         return self.tx.init(params)
-
-    def update_is_finite(
-        self, grads: Any, state: Any, params: Any, grad_norm: jax.Array
-    ) -> jax.Array:
-        """The update `apply` would make, reduced to one flag; XLA computes the update once
-        for both (the same operations on the same inputs)."""
-        updates, new_state = self.tx.update(grads, state, params)
-        return all_finite((optax.apply_updates(params, updates), new_state))
 
     def apply(
         self, grads: Any, state: Any, params: Any, grad_norm: jax.Array, finite: jax.Array
@@ -128,66 +104,34 @@ class FusedAdamW:
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
         return AdamWState(jnp.zeros((), jnp.int32), zeros(), zeros())
 
-    def _scale(self, grad_norm: jax.Array) -> jax.Array:
-        if self.clip_norm <= 0:
-            return jnp.ones((), jnp.float32)
-        # as optax.clip_by_global_norm
-        return jnp.where(grad_norm < self.clip_norm, 1.0, self.clip_norm / grad_norm)
-
-    def _moments(self, m: jax.Array, v: jax.Array, g: jax.Array, scale: jax.Array) -> tuple:
-        g = g * scale
-        return self.b1 * m + (1 - self.b1) * g, self.b2 * v + (1 - self.b2) * jnp.square(g)
-
-    def _parameter_rule(self, updates: jax.Array) -> Any:
-        """(p, m, v, decayed) -> the new parameter, after `updates` earlier updates."""
-        count = optax.safe_int32_increment(updates).astype(jnp.float32)
-        bias1, bias2 = 1 - self.b1**count, 1 - self.b2**count
-        learning_rate = self.schedule(updates)
-
-        def rule(p: jax.Array, m: jax.Array, v: jax.Array, decayed: bool) -> jax.Array:
-            step = (m / bias1) / (jnp.sqrt(v / bias2) + self.eps)
-            if decayed:
-                step = step + self.weight_decay * p
-            return p - learning_rate * step
-
-        return rule
-
-    def update_is_finite(
-        self, grads: Any, state: AdamWState, params: Any, grad_norm: jax.Array
-    ) -> jax.Array:
-        """Whether the update leaves every parameter and moment finite. The new values are
-        recomputed inside one reduction per tensor, never stored, so that `apply` can still
-        write parameters and moments in place (a select between new and old values after the
-        update would need both in memory and another pass over them)."""
-        scale, rule = self._scale(grad_norm), self._parameter_rule(state.updates)
-
-        def leaf(p: jax.Array, m: jax.Array, v: jax.Array, g: jax.Array, decayed: bool) -> Any:
-            m, v = self._moments(m, v, g, scale)
-            p = rule(p, m, v, decayed)
-            return jnp.isfinite(p).all() & jnp.isfinite(m).all() & jnp.isfinite(v).all()
-
-        flags = jax.tree.map(leaf, params, state.mu, state.nu, grads, decay_mask(params))
-        return jnp.stack(jax.tree.leaves(flags)).all()
-
     def apply(
         self, grads: Any, state: AdamWState, params: Any, grad_norm: jax.Array, finite: jax.Array
     ) -> tuple[Any, AdamWState]:
-        scale = self._scale(grad_norm)
+        b1, b2 = self.b1, self.b2
+        scale = jnp.ones((), jnp.float32)
+        if self.clip_norm > 0:  # as optax.clip_by_global_norm
+            scale = jnp.where(grad_norm < self.clip_norm, 1.0, self.clip_norm / grad_norm)
         mu = jax.tree.map(
-            lambda m, v, g: jnp.where(finite, self._moments(m, v, g, scale)[0], m),
-            state.mu, state.nu, grads,
-        )  # fmt: skip
+            lambda m, g: jnp.where(finite, b1 * m + (1 - b1) * (g * scale), m), state.mu, grads
+        )
         nu = jax.tree.map(
-            lambda m, v, g: jnp.where(finite, self._moments(m, v, g, scale)[1], v),
-            state.mu, state.nu, grads,
-        )  # fmt: skip
+            lambda v, g: jnp.where(finite, b2 * v + (1 - b2) * jnp.square(g * scale), v),
+            state.nu,
+            grads,
+        )
         mu, nu = jax.lax.optimization_barrier((mu, nu))
-        rule = self._parameter_rule(state.updates)
-        new_params = jax.tree.map(
-            lambda p, m, v, decayed: jnp.where(finite, rule(p, m, v, decayed), p),
-            params, mu, nu, decay_mask(params),
-        )  # fmt: skip
         count = optax.safe_int32_increment(state.updates)
+        bias1 = 1 - b1 ** count.astype(jnp.float32)
+        bias2 = 1 - b2 ** count.astype(jnp.float32)
+        learning_rate = self.schedule(state.updates)
+
+        def update(p: jax.Array, m: jax.Array, v: jax.Array, decayed: bool) -> jax.Array:
+            step = (m / bias1) / (jnp.sqrt(v / bias2) + self.eps)
+            if decayed:
+                step = step + self.weight_decay * p
+            return jnp.where(finite, p - learning_rate * step, p)
+
+        new_params = jax.tree.map(update, params, mu, nu, decay_mask(params))
         return new_params, AdamWState(jnp.where(finite, count, state.updates), mu, nu)
 
 
