@@ -21,6 +21,7 @@ from bertgpt_jax import load_pretrained
 from bertgpt_jax.core.config import ModelConfig, load_config
 from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.hf import files as hf_files
+from bertgpt_jax.hf import tables
 from bertgpt_jax.hf import weights as hf
 from bertgpt_jax.hf.config import hf_config_from_model, model_config_from_hf
 from bertgpt_jax.pretrained.load import PretrainedModel
@@ -213,7 +214,7 @@ def test_param_counts_equal_hf(path):
         model = model_cls(config_cls.from_dict(hf_config_from_model(config)))
     assert count == sum(p.numel() for p in model.parameters())  # tied weights counted once
     assert count == PARAM_COUNTS.get(path.stem, count)
-    tied = hf.BERT.tied if config.family == "bert" else hf.GPT2.tied
+    tied = tables.BERT.tied if config.family == "bert" else tables.GPT2.tied
     theirs = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in tied}
     assert theirs == hf.hf_shapes(config)
 

@@ -1,6 +1,6 @@
 """HuggingFace config.json <-> our ModelConfig for BertForPreTraining and GPT2LMHeadModel: each
 field read with its HF default and checked, and refused in one sentence where our model cannot
-represent it (see hf.Family for the per-family key tables)."""
+represent it (see tables.Family for the per-family key tables)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from bertgpt_jax.core.config import ModelConfig
 from bertgpt_jax.core.errors import ConfigError
-from bertgpt_jax.hf.weights import FAMILIES, Family, family_of
+from bertgpt_jax.hf.tables import FAMILIES, Family, family_of
 
 # HF activation names -> ours. "gelu" is the exact erf GELU, "gelu_new" the tanh approximation.
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
