@@ -65,11 +65,15 @@ def _drop_thread_event_loop_noise(args: Any) -> None:
 
 class _ClosedLoopFilter(logging.Filter):
     """The same noise when asyncio logs it ("Task exception was never retrieved", "Exception
-    in callback") instead of raising it."""
+    in callback") instead of raising it; and the other reads of a damaged checkpoint, which
+    TensorStore leaves unretrieved once the first one failed (that one is reported, with the
+    fall-back, as one warning)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return "Event loop is closed" not in f"{record.getMessage()} {error}"
+        text = f"{record.getMessage()} {error}"
+        unread = "exception was never retrieved" in text and "Error reading" in text
+        return "Event loop is closed" not in text and not unread
 
 
 logging.getLogger("asyncio").addFilter(_ClosedLoopFilter())

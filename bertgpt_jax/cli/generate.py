@@ -3,11 +3,13 @@
 
     bertgpt generate --model PATH --prompt TEXT [--prompt TEXT ...] | --prompt-file FILE
         [--max-new-tokens N --temperature T --top-k K --top-p P --min-p M --seed S
-         --stop STRING ... --json]
+         --stop STRING ... --chat --json]
 
 PATH is a HuggingFace directory or a training workdir. The text of a single prompt streams to
 the terminal as it is produced; several prompts print when done; --json prints one object per
-prompt per line (prompt, ids, text, logprobs, stop_reason). Bad requests exit 2.
+prompt per line (prompt, ids, text, logprobs, stop_reason). --chat renders each prompt as one
+user turn through the model's chat template (an sft run's, or its export's
+tokenizer_config.json). Bad requests exit 2.
 """
 
 from __future__ import annotations
@@ -32,10 +34,32 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def _chat_template(model_path: str) -> str:
+    """The chat template of an sft workdir (its config) or an export (tokenizer_config.json)."""
+    from bertgpt_jax.core.config import load_config
+    from bertgpt_jax.data.finetune.chat import tokenizer_chat_template
+
+    path = Path(model_path)
+    template = tokenizer_chat_template(path) if path.is_dir() else ""
+    if not template and (path / "config.yaml").is_file():
+        template = load_config(path / "config.yaml").task.chat_template
+    if not template:
+        raise ConfigError(
+            f"--chat needs a chat template, but {model_path} has none (only an sft run on "
+            "conversations stores one); leave --chat out to continue the prompts as text."
+        )
+    return template
+
+
 def _generate(args: argparse.Namespace) -> int:
     prompts = _prompts(args)
+    from bertgpt_jax.data.finetune.chat import ChatTemplate
     from bertgpt_jax.pretrained.load import load_pretrained
 
+    texts = prompts
+    if args.chat:
+        template = ChatTemplate(_chat_template(args.model), ("user",))
+        texts = [template.prompt(p) for p in prompts]
     model = load_pretrained(args.model)
     stream = len(prompts) == 1 and not args.json
 
@@ -44,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     completions = model.generate(
-        prompts,
+        texts,
         args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -76,5 +100,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-p", type=float, default=0.0, help="0 turns it off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--chat", action="store_true", help="each prompt is a user turn of a chat")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt")
     p.set_defaults(func=_generate)

@@ -8,6 +8,8 @@ Layout of a store directory (one store serves both BERT and GPT):
         tokens.bin             [T] uint16 (int32 if the vocabulary needs it): all sentences
         sentence_offsets.bin   [S+1] int64: sentence k is tokens[off[k]:off[k+1]]
         document_offsets.bin   [D+1] int64: document d is sentences doff[d]:doff[d+1]
+        loss_mask.bin          [T] uint8, only in stores of fine-tuning examples (sft): 1 where
+                               a token is a target that counts in the loss (a completion's)
 
 Consecutive sentences of a document are contiguous in `tokens`, so any span of sentences is
 one slice, which is what makes the example builders pure gathers. Documents are assigned to
@@ -27,7 +29,7 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ class StoreSplit:
     tokens: np.ndarray  # [T]
     sentence_offsets: np.ndarray  # [S+1] int64
     document_offsets: np.ndarray  # [D+1] int64, into sentences
+    loss_mask: np.ndarray | None = None  # [T] uint8 (sft stores), else every token counts
 
     @property
     def num_documents(self) -> int:
@@ -102,9 +105,11 @@ class Store:
             "sentence_offsets": counts["sentences"] + 1,
             "document_offsets": counts["documents"] + 1,
         }
-        dtypes = {"tokens": self.manifest["token_dtype"]}
+        dtypes = {"tokens": self.manifest["token_dtype"], "loss_mask": "uint8"}
+        if self.manifest.get("loss_mask"):
+            shapes["loss_mask"] = counts["tokens"]
         arrays = {}
-        for key in _ARRAYS:
+        for key in shapes:
             file = self.path / name / f"{key}.bin"
             dtype = np.dtype(dtypes.get(key, "int64"))
             size = file.stat().st_size if file.exists() else -1
@@ -117,6 +122,7 @@ class Store:
             tokens=arrays["tokens"],
             sentence_offsets=np.array(arrays["sentence_offsets"]),
             document_offsets=np.array(arrays["document_offsets"]),
+            loss_mask=arrays.get("loss_mask"),
         )
 
 
@@ -141,18 +147,28 @@ def open_store(path: str | Path) -> Store:
 
 
 class _SplitWriter:
-    """Appends tokenized documents of one split to its three raw array files."""
+    """Appends tokenized documents of one split to its raw array files (three, or four with a
+    loss mask)."""
 
-    def __init__(self, directory: Path, token_dtype: np.dtype) -> None:
+    def __init__(self, directory: Path, token_dtype: np.dtype, loss_mask: bool = False) -> None:
         directory.mkdir(parents=True)
-        self.files = {key: (directory / f"{key}.bin").open("wb") for key in _ARRAYS}
+        keys = (*_ARRAYS, "loss_mask") if loss_mask else _ARRAYS
+        self.files = {key: (directory / f"{key}.bin").open("wb") for key in keys}
         self.token_dtype = token_dtype
         self.counts = {"documents": 0, "sentences": 0, "tokens": 0}
         for key in ("sentence_offsets", "document_offsets"):
             np.zeros(1, np.int64).tofile(self.files[key])
 
-    def append(self, tokens: np.ndarray, sentence_lengths: np.ndarray, doc_sizes: np.ndarray):
+    def append(
+        self,
+        tokens: np.ndarray,
+        sentence_lengths: np.ndarray,
+        doc_sizes: np.ndarray,
+        loss_mask: np.ndarray | None = None,
+    ) -> None:
         tokens.astype(self.token_dtype).tofile(self.files["tokens"])
+        if "loss_mask" in self.files:
+            np.asarray(loss_mask, np.uint8).tofile(self.files["loss_mask"])
         (self.counts["tokens"] + np.cumsum(sentence_lengths)).tofile(self.files["sentence_offsets"])
         (self.counts["sentences"] + np.cumsum(doc_sizes)).tofile(self.files["document_offsets"])
         self.counts["tokens"] += int(tokens.size)
@@ -306,6 +322,49 @@ def prepare_store(
         "tokenizer": tok.identity.to_json(),
         "validation_fraction": validation_fraction,
     }
+    work_count = workers or os.cpu_count() or 1
+
+    def write(tmp: Path) -> dict[str, dict[str, int]]:
+        nonlocal source
+        if source is None:  # local files go through the TFDS builder like any dataset
+            source = corpus.DocumentSource(
+                corpus.build_local_tfds(files, text_options, tmp / "tfds")
+            )
+        counts = _tokenize_all(source, tok, tmp, validation_fraction, work_count)
+        shutil.rmtree(tmp / "tfds", ignore_errors=True)
+        return counts
+
+    return write_store(output, tok, key, description, write, overwrite)
+
+
+Batches = Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]
+
+
+def write_split(directory: Path, tok: Tokenizer, batches: Batches, loss_mask: bool):
+    """Writes one split from batches of (tokens [T], sentence lengths [S], sentences per
+    document [D], loss mask [T] or None); returns its counts."""
+    writer = _SplitWriter(directory, _token_dtype(tok.vocab_size), loss_mask)
+    try:
+        for batch in batches:
+            writer.append(*batch)
+    finally:
+        counts = writer.close()
+    return counts
+
+
+def write_store(
+    output: Path,
+    tok: Tokenizer,
+    key: dict[str, Any],
+    description: dict[str, Any],
+    write: Callable[[Path], dict[str, dict[str, int]]],
+    overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """The store `key` describes at `output`: nothing to do when it is there already; else
+    `write(tmp)` fills a hidden staging directory with the splits (returning their counts),
+    the tokenizer and the manifest follow, and it is renamed onto `output`. Refuses to replace
+    anything but a store (see `_is_current`); a failure leaves `output` untouched."""
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     if _is_current(output, fingerprint, overwrite):
         return output
@@ -313,15 +372,11 @@ def prepare_store(
     tmp = fs.staging_path(output, "partial")
     try:
         tmp.mkdir(parents=True)
-        if source is None:  # local files go through the TFDS builder like any dataset
-            source = corpus.DocumentSource(
-                corpus.build_local_tfds(files, text_options, tmp / "tfds")
-            )
-        counts = _tokenize_all(
-            source, tok, tmp, validation_fraction, workers or os.cpu_count() or 1
-        )
-        shutil.rmtree(tmp / "tfds", ignore_errors=True)
-        manifest = {**key, "fingerprint": fingerprint, "sources": description, "splits": counts}
+        counts = write(tmp)
+        manifest = {
+            **key, **(extra or {}), "fingerprint": fingerprint, "sources": description,
+            "splits": counts,
+        }  # fmt: skip
         _finish(tmp, tok, manifest)
         _install(tmp, output)
     except BaseException:

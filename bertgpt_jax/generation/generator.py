@@ -82,6 +82,13 @@ class Generator:
         self._graphdef, self._state = graphdef, state
         self._run = jax.jit(self._program, static_argnums=0)
 
+    def update(self, state: nnx.State) -> None:
+        """New parameters of the same shapes and shardings (samples while training): the
+        compiled programs are kept."""
+        if self.mesh is not None:
+            state = jax.device_put(state, sh.state_shardings(state, self.mesh))
+        self._state = state
+
     def _program(self, program: decode.Program, state: nnx.State, request: decode.Request) -> Any:
         self.compiles += 1  # runs only when jit traces, i.e. once per compiled program
         return decode.generate(program, self._graphdef, state, request)

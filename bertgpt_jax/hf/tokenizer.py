@@ -183,3 +183,12 @@ def write_hf_tokenizer(out_dir: Path, sp_model: Path, paired: bool, max_len: int
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     if Path(sp_model).resolve() != (out_dir / MODEL_FILE).resolve():
         shutil.copyfile(sp_model, out_dir / MODEL_FILE)
+
+
+def add_chat_template(out_dir: Path, template: str) -> None:
+    """Stores a chat template in out_dir's tokenizer_config.json (made if missing), where
+    `transformers`' `apply_chat_template` finds it."""
+    path = out_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config["chat_template"] = template
+    path.write_text(json.dumps(config, indent=2) + "\n")

@@ -37,7 +37,7 @@ from bertgpt_jax.data.tokenizers import (
     tokenizer_location,
 )
 from bertgpt_jax.hf import files as hf_files
-from bertgpt_jax.hf.tokenizer import hf_special_ids, write_hf_tokenizer
+from bertgpt_jax.hf.tokenizer import add_chat_template, hf_special_ids, write_hf_tokenizer
 from bertgpt_jax.pretrained.workdir import model_source, restore_params
 from bertgpt_jax.tasks import get_task
 
@@ -195,6 +195,8 @@ def _write_export(
     else:  # a HuggingFace tokenizer goes back as it came
         for file in tokenizer.files:
             shutil.copyfile(file, tmp / file.name)
+    if config.task.chat_template:  # sft on conversations: the template it was trained with
+        add_chat_template(tmp, config.task.chat_template)
     (tmp / "README.md").write_text(model_card(config, step, meta, dtype))
 
 

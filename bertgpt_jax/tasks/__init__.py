@@ -16,11 +16,13 @@ import numpy as np
 from bertgpt_jax.core.config import PRETRAINING_TASKS, Config, ModelConfig
 from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.tasks.base import Task
-from bertgpt_jax.tasks.causal_lm import CausalLm
+from bertgpt_jax.tasks.causal_lm import CausalLm, Sft
 from bertgpt_jax.tasks.finetune import FINETUNE_TASKS, FinetuneTask
 from bertgpt_jax.tasks.masked_lm import MaskedLm
 
-TASKS: dict[str, Task] = {task.name: task for task in (MaskedLm(), CausalLm(), *FINETUNE_TASKS)}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (MaskedLm(), CausalLm(), Sft(), *FINETUNE_TASKS)
+}
 
 
 def task_named(name: str, model: ModelConfig) -> Task:

@@ -1,5 +1,12 @@
-"""GPT pretraining: next-token prediction over packed windows, the tied head and the loss as one
-operation (`tied_causal_lm_loss`). Exports to `GPT2LMHeadModel`."""
+"""GPT: next-token prediction over packed windows, the tied head and the loss as one operation
+(`tied_causal_lm_loss`). Exports to `GPT2LMHeadModel`.
+
+`causal_lm` pretrains, or fine-tunes on a user's documents; `sft` fine-tunes on prompt ->
+completion examples, packed whole with the loss on completion tokens only (the store's loss
+mask, data/pretrain/gpt_examples.py). With train.eval_steps 0 (fine-tuning's default)
+evaluation covers every validation window once, the last batch padded with rows of zero loss
+weight.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import numpy as np
 from bertgpt_jax.core.config import Config, ModelConfig
 from bertgpt_jax.model.gpt import Gpt
 from bertgpt_jax.ops.cross_entropy import LossSums
-from bertgpt_jax.tasks.base import Batch, Task, token_batch
+from bertgpt_jax.tasks.base import Batch, Evaluator, Task, token_batch
 from bertgpt_jax.tasks.losses import tied_causal_lm_loss
 
 Array = jax.Array
@@ -49,6 +56,26 @@ class CausalLm(Task):
 
     def coefficients(self, config: Config) -> dict[str, float]:
         return {"lm": 1.0}
+
+    def evaluate(
+        self, config: Config, evaluator: Evaluator, process_index: int, process_count: int
+    ) -> dict[str, float]:
+        """train.eval_steps batches, or with 0 every validation window: loss, perplexity, and
+        the windows and target tokens scored."""
+        if config.train.eval_steps > 0:
+            return super().evaluate(config, evaluator, process_index, process_count)
+        from bertgpt_jax.data.pipeline import BatchSource
+
+        source = BatchSource(config, "validation", process_index, process_count)
+        n, size = source.examples_per_epoch, config.train.batch_size
+        totals = np.zeros(3)
+        for start in range(0, n, size):
+            ids = np.arange(start, start + size)[source.first_row :][: source.rows]
+            rows = source.builder.build(np.minimum(ids, n - 1))
+            rows["loss_weights"] = rows["loss_weights"] * (ids < n)[:, None]
+            totals += evaluator.loss_sums(rows)["lm"]
+        metrics = self.metrics({"lm": LossSums(*totals)}, self.coefficients(config))
+        return {**{k: float(v) for k, v in metrics.items()}, "windows": n, "tokens": totals[1]}
 
     def term_weights(self, batch: Batch) -> dict[str, Array]:
         return {"lm": batch["loss_weights"].astype(np.float32).sum()}
@@ -88,3 +115,10 @@ class CausalLm(Task):
     ) -> dict[str, Any]:
         """logits [B, L, V] for the next token at every position."""
         return model(input_ids, positions=positions, segment_ids=segment_ids)
+
+
+class Sft(CausalLm):
+    """Supervised fine-tuning on prompt -> completion examples (bertgpt finetune --task sft)."""
+
+    name = "sft"
+    description = "causal LM fine-tuned on prompt -> completion examples"

@@ -8,6 +8,9 @@ takes the architecture and tokenizer from --init, reads the label names from the
 validation file has but training never had is an error), and turns epochs into steps, the
 warmup ratio into warmup steps, and evaluates (and checkpoints) once an epoch unless told
 otherwise. Every mistake is a one-sentence error, and the workdir is not touched.
+
+The GPT tasks (`causal-lm`, `sft`) take files and folders, their own recipe and data path:
+see training/finetune_lm.py.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from typing import Any
 
 import yaml
 
+from bertgpt_jax.core import fs
 from bertgpt_jax.core.config import Config, config_from_dict, config_to_dict, parse_override
 from bertgpt_jax.core.errors import ConfigError
 from bertgpt_jax.data.tokenizers import load_tokenizer
 from bertgpt_jax.tasks import TASKS, FinetuneTask
+from bertgpt_jax.training.finetune_lm import (
+    LM_DEFAULTS,
+    LM_TASKS,
+    lm_finetune_config,
+    prepare_lm_data,
+)
 from bertgpt_jax.training.init_from import adopt, init_source
 
 FINETUNE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -52,27 +62,53 @@ def finetune_task(name: str) -> FinetuneTask:
     task = TASKS.get(name)
     if not isinstance(task, FinetuneTask):
         names = ", ".join(n for n, t in TASKS.items() if isinstance(t, FinetuneTask))
-        raise ConfigError(f"--task {name!r} is not a fine-tuning task; use one of {names}.")
+        raise ConfigError(
+            f"--task {name!r} is not a fine-tuning task; use one of {names}, causal-lm, sft."
+        )
     return task
+
+
+def _merged(defaults: dict[str, dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
+    merged = {s: dict(v) for s, v in defaults.items()}
+    for section, values in data.items():
+        merged.setdefault(section, {}).update(values if isinstance(values, dict) else {})
+    return merged
+
+
+def _paths(given: str | list[str] | tuple[str, ...]) -> list[str]:
+    return [given] if isinstance(given, str) else [str(p) for p in given]
 
 
 def finetune_config(
     task_name: str,
     init: str,
-    train: str,
-    validation: str,
+    train: str | list[str],
+    validation: str | list[str],
     config_file: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    workdir: str | None = None,
 ) -> Config:
-    """The run's whole config, with both files read and checked (see the module docstring)."""
-    task = finetune_task(task_name)
-    source = init_source(init)
+    """The run's whole config, with both files read and checked (see the module docstring);
+    the GPT tasks (causal-lm, sft) need the `workdir`, where their tokenized data goes."""
     data, given = _given(config_file, list(overrides))
-    merged = {s: dict(v) for s, v in FINETUNE_DEFAULTS.items()}
-    for section, values in data.items():
-        merged.setdefault(section, {}).update(values if isinstance(values, dict) else {})
+    if task_name in LM_TASKS:
+        if workdir is None:
+            raise ConfigError(f"task {task_name} needs the workdir its tokenized data goes to.")
+        merged = _merged(LM_DEFAULTS, data)
+        config, windows = lm_finetune_config(
+            task_name, init, _paths(train), _paths(validation), workdir, merged,
+            list(overrides), given,
+        )  # fmt: skip
+        return _schedule(config, windows, given)
+    task = finetune_task(task_name)
+    train, validation = _paths(train), _paths(validation)
+    for split, paths in (("--train", train), ("--validation", validation)):
+        if len(paths) != 1:
+            raise ConfigError(f"task {task.name} reads one {split} file, not {len(paths)}.")
+    source = init_source(init)
+    merged = _merged(FINETUNE_DEFAULTS, data)
     merged.setdefault("task", {})["name"] = task.name
-    merged["data"].update(train_file=str(train), validation_file=str(validation),
+    merged["data"].update(train_file=train, validation_file=validation,
                           tokenizer=str(source.tokenizer))  # fmt: skip
     merged.setdefault("checkpoint", {})["init_from"] = str(source.path)
     config = adopt(config_from_dict(merged, overrides), source)
@@ -86,7 +122,7 @@ def finetune_config(
             f"only {config.model.vocab_size}; pass a model directory with its own tokenizer."
         )
     if not config.task.labels and task.name != "regression":
-        labels = task.for_config(config).discover_labels(Path(train))
+        labels = task.for_config(config).discover_labels(Path(train[0]))
         config = _with(config, "task", labels=list(labels))
     bound = task.for_config(config)
     metric = config.train.best_metric
@@ -125,9 +161,23 @@ def _schedule(config: Config, size: int, given: set[str]) -> Config:
 
 
 def run_finetune(config: Config, workdir: str | Path, fresh: bool = False) -> dict[str, Any]:
-    """Trains (or resumes) the fine-tuning run; returns the final and best eval metrics."""
+    """Trains (or resumes) the fine-tuning run; returns the final and best eval metrics. The
+    GPT tasks first tokenize their files into data.path (once: a resume finds them there)."""
+    import jax
+    from jax.experimental import multihost_utils
+
     from bertgpt_jax.pretrained.workdir import BEST, restore_params
     from bertgpt_jax.training.loop import train_and_evaluate
+    from bertgpt_jax.training.preflight import check_mesh, check_workdir
+
+    if config.task.name in LM_TASKS.values():
+        check_mesh(config)  # the checks that need no data, before the data is written
+        check_workdir(fs.as_path(workdir), config)
+        if jax.process_index() == 0:
+            prepare_lm_data(config)
+        multihost_utils.sync_global_devices("bertgpt-finetune-data")
+        if jax.process_index() != 0:
+            prepare_lm_data(config)  # a host-local data.path; nothing to do on a shared one
 
     metrics = train_and_evaluate(config, workdir, fresh=fresh)
     final = {k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}

@@ -1,11 +1,13 @@
 """Fine-tuning's starting point (`checkpoint.init_from=PATH`): one of our training workdirs or
-a HuggingFace BERT directory (ours or any, with its own tokenizer).
+a HuggingFace directory (ours or any, with its own tokenizer) of the architecture the task
+trains: BERT for the labelled tasks, GPT for causal_lm and sft.
 
 `init_source` reads what the path offers before anything is written: its architecture (the
 run's `model` section, runtime keys such as dtype kept from the config), its tokenizer, and a
-GPT model refused in one sentence. `state_from_init` builds step 0 of the run: the encoder
-(`core`) and, where the init has one, the `pooler` come from PATH; the task's head (and a
-missing pooler) start fresh, exactly as `Trainer.init(train.seed)` would make them.
+model of the other family refused in one sentence. `state_from_init` builds step 0 of the run:
+the transformer (`core`) and, where the init has one, BERT's `pooler` come from PATH; a task's
+head (and a missing pooler) start fresh, exactly as `Trainer.init(train.seed)` would make them.
+A GPT's output layer is its tied embedding, so it is all loaded.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ class InitSource:
     kind: str  # "workdir" or "hf"
 
 
-def init_source(path: str | Path) -> InitSource:
-    """What `--init PATH` holds; a ConfigError naming the fix when it is not a BERT model."""
+_WHAT = {"bert": "BERT encoders", "gpt": "GPT decoders"}
+_HF = {"bert": "HuggingFace BERT directory", "gpt": "HuggingFace GPT-2 directory"}
+
+
+def init_source(path: str | Path, family: str = "bert") -> InitSource:
+    """What `--init PATH` holds; a ConfigError naming the fix when it is not a `family` model."""
     where = Path(fs.require_local(path, "--init"))
     if is_workdir(where):
         model = load_config(where / "config.yaml").model
@@ -51,10 +57,10 @@ def init_source(path: str | Path) -> InitSource:
             f"--init {where} is neither a training workdir (checkpoints/) nor a HuggingFace "
             "model directory (config.json); pass one of those."
         )
-    if model.family != "bert":
+    if model.family != family:
         raise ConfigError(
-            f"--init {where} is a {model.family} model; fine-tuning trains BERT encoders, so "
-            "pass a BERT workdir or HuggingFace BERT directory."
+            f"--init {where} is a {model.family} model; this fine-tuning task trains "
+            f"{_WHAT[family]}, so pass a {family.upper()} workdir or {_HF[family]}."
         )
     return InitSource(where, model, tokenizer, kind)
 
@@ -71,8 +77,10 @@ def adopt(config: Config, source: InitSource) -> Config:
     return config.replace(model=ModelConfig(**theirs))
 
 
-def _init_params(source: InitSource) -> dict[str, Any]:
-    if source.kind == "hf":
+def _init_params(source: InitSource, vocab_multiple: int) -> dict[str, Any]:
+    if source.kind == "hf" and source.model.family == "gpt":
+        _, params = hf_files.load_hf(source.path, vocab_multiple=vocab_multiple)
+    elif source.kind == "hf":
         _, params = hf_files.load_hf_encoder(source.path)
     else:
         _, _, params, _ = restore_params(source.path)
@@ -81,10 +89,12 @@ def _init_params(source: InitSource) -> dict[str, Any]:
 
 def state_from_init(trainer: Trainer, path: str | Path) -> TrainState:
     """Step 0 of a fine-tuning run: encoder (and pooler) from `path`, the rest fresh."""
-    source = init_source(path)
-    loaded = {k: v for k, v in _init_params(source).items() if k in trainer.param_shardings}
+    source = init_source(path, trainer.config.model.family)
+    params = _init_params(source, trainer.config.model.vocab_multiple)
+    loaded = {k: v for k, v in params.items() if k in trainer.param_shardings}
     fresh = sorted(set(trainer.param_shardings) - set(loaded))
-    _log.warning("initialised fresh (not in %s): %s", source.path, ", ".join(fresh))
+    if fresh:
+        _log.warning("initialised fresh (not in %s): %s", source.path, ", ".join(fresh))
     put = lambda x, s: jax.make_array_from_callback(x.shape, s, lambda i: x[i])  # noqa: E731
     shardings = {k: trainer.param_shardings[k] for k in loaded}
     sharded = jax.tree.map(put, loaded, shardings)

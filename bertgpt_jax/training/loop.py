@@ -31,9 +31,10 @@ from bertgpt_jax.training.best import BestCheckpoint, best_metric
 from bertgpt_jax.training.checkpoint import Checkpointer
 from bertgpt_jax.training.hf_init import state_from_hf
 from bertgpt_jax.training.init_from import state_from_init
-from bertgpt_jax.training.metrics import MetricsWriter, device_peak_flops, flops_per_step
+from bertgpt_jax.training.metrics import SAMPLES, MetricsWriter, device_peak_flops, flops_per_step
 from bertgpt_jax.training.preemption import Preemption
 from bertgpt_jax.training.preflight import check_training
+from bertgpt_jax.training.samples import Samples
 from bertgpt_jax.training.step import Trainer, TrainState
 
 
@@ -173,6 +174,7 @@ def train_and_evaluate(
         if primary:
             fs.write_text(workdir / "config.yaml", dump_config(config))
             _trim_metrics(workdir / "metrics.jsonl", start)
+            _trim_metrics(workdir / SAMPLES, start)
             _copy_tokenizer(config, workdir)
         writer = MetricsWriter(workdir, config.train.steps, start, enabled=primary)
         metric = best_metric(config, trainer.task.best_metric)
@@ -180,8 +182,9 @@ def train_and_evaluate(
         try:
             with Preemption(start) as preemption:
                 return _loop(
-                    config, workdir, trainer, checkpointer, state, start, writer, preemption, best
-                )
+                    config, workdir, trainer, checkpointer, state, start, writer, preemption,
+                    best, Samples(config, trainer),
+                )  # fmt: skip
         finally:
             best.close()
             writer.close()
@@ -244,6 +247,7 @@ def _loop(
     writer: MetricsWriter,
     preemption: Preemption,
     best: BestCheckpoint,
+    samples: Samples,
 ) -> dict[str, float]:
     t = config.train
     timer = _Timer(config, jax.device_count())
@@ -280,6 +284,7 @@ def _loop(
         if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
             last_eval = evaluate(trainer, state, config)
             writer.write(step, last_eval, prefix="eval_")
+            samples.write(step, state, writer)
             timer.reset()  # evaluation waited for the train steps; its time is not theirs
             early = best.update(step, last_eval, state)  # train.patience ran out: stop here
         if must_save or early:

@@ -66,6 +66,9 @@ def json_line(row: dict[str, Any]) -> str:
     return json.dumps(strict(row), allow_nan=False)
 
 
+SAMPLES = "samples.jsonl"
+
+
 class MetricsWriter:
     """Writes one JSON object per logged step (floats as Python floats, written exactly; NaN and
     infinities, which JSON has not, as null) and
@@ -83,6 +86,7 @@ class MetricsWriter:
         # A remote workdir gets these files from a local mirror (object stores cannot append).
         self._mirror = fs.Mirror(workdir)
         self._mirror.fetch("metrics.jsonl")
+        self._mirror.fetch(SAMPLES)
         self._jsonl = (self._mirror.local / "metrics.jsonl").open("a")
         self._tb = SummaryWriter(str(self._mirror.local / "tb"))
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
@@ -108,6 +112,16 @@ class MetricsWriter:
             self._bar.write(
                 f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "step")
             )
+
+    def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Generated samples: one JSON object each in samples.jsonl, and one TensorBoard text."""
+        if not self.enabled:
+            return
+        with (self._mirror.local / SAMPLES).open("a") as f:
+            f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+        shown = "\n\n".join(f"**{r['prompt']}** {r['completion']}" for r in rows)
+        self._tb.add_text("samples", shown, step)
+        self._mirror.sync()
 
     def note(self, text: str) -> None:
         """One line to the terminal (stderr) without breaking the progress bar."""

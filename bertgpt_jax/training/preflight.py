@@ -27,6 +27,7 @@ from bertgpt_jax.data.store import read_manifest
 from bertgpt_jax.parallel.sharding import mesh_shape
 from bertgpt_jax.pretrained.workdir import CHECKPOINTS
 from bertgpt_jax.training.metrics import non_embedding_params
+from bertgpt_jax.training.samples import prompt_ids
 
 # Bytes per parameter in a checkpoint: float32 weights plus two Adam moments.
 _CHECKPOINT_BYTES_PER_PARAM = 12
@@ -148,6 +149,7 @@ def check_training(
             "directory (one written by `bertgpt export`, or with config.json and model.safetensors)."
         )
     check_data(config, ("train", "validation") if config.train.eval_every else ("train",))
+    prompt_ids(config)  # eval.prompts fit the model's positions
 
 
 def check_evaluation(config: Config, workdir: epath.Path, step: int | None) -> None:

@@ -75,7 +75,10 @@ class FinetuneTask(Task):
         labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
         if self.name == "regression":
             labels = ()
-        options = TaskConfig(**{**stored.get("options", {}), "labels": labels, "name": self.name})
+        kept: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in stored.get("options", {}).items()
+        }  # JSON lists back to the config's tuples
+        options = TaskConfig(**{**kept, "labels": labels, "name": self.name})
         return dataclasses.replace(
             self,
             labels=labels,
@@ -131,12 +134,16 @@ class FinetuneTask(Task):
         return {self.term: 1.0}
 
     def dataset(self, config: Config, split: str) -> Dataset:
-        path = config.data.train_file if split == "train" else config.data.validation_file
-        if not path:
-            raise DataError(f"data.{split}_file is not set; pass the {split} file.")
+        paths = config.data.train_file if split == "train" else config.data.validation_file
+        if len(paths) != 1:
+            given = "none" if not paths else f"{len(paths)} ({', '.join(paths)})"
+            raise DataError(
+                f"data.{split}_file must be one {split} file for task {self.name}, but {given} "
+                "given; pass exactly one."
+            )
         if not config.data.tokenizer:
             raise DataError("data.tokenizer is not set; fine-tune with `bertgpt finetune`.")
-        file = Path(path)
+        file = Path(paths[0])
         stamp = file.stat().st_mtime_ns if file.is_file() else 0
         return _read_cached(self, str(file), stamp, config.data.tokenizer)
 
