@@ -123,6 +123,18 @@ def _damaged_everywhere(e: Env) -> list[str]:
     return e.export(work)
 
 
+def _finetune(e: Env, task: str, train: str, validation: str | None = None,
+              suffix: str = ".csv") -> list[str]:  # fmt: skip
+    """`bertgpt finetune` from the trained BERT workdir on files of these contents."""
+    first = e.file(f"train{suffix}", train)
+    second = e.file(f"dev{suffix}", validation) if validation is not None else first
+    return ["finetune", "--task", task, "--init", str(e.trained), "--train", str(first),
+            "--validation", str(second), "--workdir", str(e.tmp / "ft")]  # fmt: skip
+
+
+LABELLED = "text,label\nthe first one,a\nthe second one,b\n"
+
+
 # fmt: off
 ROWS: list[tuple[str, str, Setup, int, str]] = [
     ("config", "missing file", lambda e: ["train", "--config", str(e.tmp / "no.yaml"),
@@ -234,5 +246,27 @@ ROWS: list[tuple[str, str, Setup, int, str]] = [
     ("cli", "export of a missing workdir", lambda e: e.export(e.tmp / "gone"), 2,
         r"workdir .*gone does not exist"),
     ("cli", "unknown command", lambda e: ["trian"], 2, r"invalid choice: 'trian'"),
+    ("finetune", "unknown task", lambda e: _finetune(e, "sentiment", LABELLED), 2,
+        r"--task 'sentiment' is not a fine-tuning task; use one of classification"),
+    ("finetune", "no label column", lambda e: _finetune(e, "classification",
+        "text,score\nthe first one,1\n"), 2, r"train.csv line 2 has no column 'label' \(it has text, score\)"),
+    ("finetune", "a validation label training never had", lambda e: _finetune(e,
+        "classification", LABELLED, "text,label\nthe third one,c\n"), 2, r"dev.csv.*'c'"),
+    ("finetune", "an empty training file", lambda e: _finetune(e, "classification", ""), 2,
+        r"train.csv is empty"),
+    ("finetune", "two training files for a BERT task", lambda e: [*_finetune(e, "classification",
+        LABELLED)[:6], str(e.file("more.csv", LABELLED)), *_finetune(e, "classification",
+        LABELLED)[6:]], 2, r"task classification reads one --train file, not 2"),
+    ("finetune", "sft from a BERT init", lambda e: _finetune(e, "sft",
+        '{"prompt": "a", "completion": " b"}\n', suffix=".jsonl"), 2,
+        r"is a bert model; this fine-tuning task trains GPT decoders"),
+    ("generate", "generate with a BERT model", lambda e: ["generate", "--model", str(e.trained),
+        "--prompt", "hello"], 2, r"generate needs a GPT \(causal\) model"),
+    ("generate", "--chat with a model without a template", lambda e: ["generate", "--model",
+        str(e.trained), "--prompt", "hello", "--chat"], 2, r"--chat needs a chat template"),
+    ("generate", "fill-mask without [MASK]", lambda e: ["fill-mask", "--model", str(e.trained),
+        "no mask in this text"], 2, r"\[MASK\]"),
+    ("generate", "--prompt-file missing", lambda e: ["generate", "--model", str(e.trained),
+        "--prompt-file", str(e.tmp / "none.txt")], 2, r"--prompt-file .*none.txt does not exist"),
 ]
 # fmt: on
