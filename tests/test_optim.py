@@ -1,5 +1,6 @@
 """optim.FusedAdamW is optax's clip_by_global_norm + adamw, step for step, and keeps the state
-unchanged on a non-finite step; the optax-backed optimizers keep it too."""
+unchanged on a non-finite step, or a step whose update would overflow; the optax-backed optimizers
+keep it too."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from bertgpt_jax.core.config import TrainConfig
 from bertgpt_jax.training.optim import (
+    AdamWState,
     FusedAdamW,
     decay_mask,
     learning_rate_schedule,
@@ -54,7 +56,8 @@ def test_fused_adamw_equals_optax_chain(clip):
     apply = jax.jit(fused.apply)
     for step in range(6):
         grads = _grads(step, size=3.0 if step % 2 else 0.1)  # clipped and unclipped steps
-        ours, state = apply(grads, state, ours, optax.global_norm(grads), jnp.asarray(True))
+        ours, state, applied = apply(grads, state, ours, optax.global_norm(grads), True)
+        assert bool(applied)
         updates, ref_state = reference.update(grads, ref_state, theirs)
         theirs = optax.apply_updates(theirs, updates)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
@@ -68,12 +71,64 @@ def test_non_finite_step_keeps_parameters_and_state(name):
     params = _params()
     state = optimizer.init(params)
     grads = _grads(0, 1.0)
-    params, state = optimizer.apply(grads, state, params, optax.global_norm(grads), True)
+    params, state, applied = optimizer.apply(grads, state, params, optax.global_norm(grads), True)
+    assert bool(applied)
     poisoned = jax.tree.map(lambda g: g.at[0].set(jnp.nan), grads)
-    new_params, new_state = optimizer.apply(
+    new_params, new_state, applied = optimizer.apply(
         poisoned, state, params, optax.global_norm(poisoned), jnp.asarray(False)
     )
+    assert not bool(applied)
     for a, b in zip(
         jax.tree.leaves((new_params, new_state)), jax.tree.leaves((params, state)), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def _assert_same(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb", "adafactor"])
+def test_an_update_that_overflows_is_not_applied(name):
+    """Finite gradients and a finite learning rate (1e37, as a config may say): the first update
+    leaves the parameters near 1e37, still finite, and is applied (FusedAdamW: its bound fails,
+    the probe passes); the second would overflow (weight decay alone is lr * wd * 1e37) and is
+    not: parameters and state come back bit for bit."""
+    config = TrainConfig(learning_rate=1e37, warmup_steps=0, optimizer=name, weight_decay=0.01)
+    optimizer = make_optimizer(config)
+    apply = jax.jit(optimizer.apply)
+    params = _params()
+    state = optimizer.init(params)
+    grads = _grads(0, 1.0)
+    params, state, applied = apply(grads, state, params, optax.global_norm(grads), True)
+    assert bool(applied)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves((params, state)))
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(params)) > 1e30
+    grads = _grads(1, 1.0)
+    new_params, new_state, applied = apply(grads, state, params, optax.global_norm(grads), True)
+    assert not bool(applied)
+    _assert_same((new_params, new_state), (params, state))
+
+
+def _damage(state: AdamWState, how: str) -> AdamWState:
+    first = lambda tree, value: jax.tree.map(lambda x: x.at[0].set(value), tree)  # noqa: E731
+    if how == "huge first moment":  # finite, but m / (sqrt(v) + eps) overflows
+        return state._replace(mu=first(state.mu, 3e38))
+    if how == "negative second moment":  # finite, but its square root is NaN
+        return state._replace(nu=first(state.nu, -1.0))
+    return state._replace(nu=first(state.nu, jnp.inf))
+
+
+@pytest.mark.parametrize("how", ["huge first moment", "negative second moment", "inf moment"])
+def test_fused_adamw_does_not_apply_an_update_from_a_damaged_state(how):
+    """States no FusedAdamW step makes (a restored or edited one could hold them): the bound
+    proves nothing, the probe sees the non-finite result, nothing is written."""
+    optimizer = make_optimizer(TrainConfig(warmup_steps=0))
+    params = _params()
+    grads = _grads(0, 1.0)
+    _, state, _ = optimizer.apply(grads, optimizer.init(params), params, 1.0, True)
+    state = _damage(state, how)
+    new = jax.jit(optimizer.apply)(grads, state, params, optax.global_norm(grads), True)
+    assert not bool(new[2])
+    _assert_same(new[:2], (params, state))
