@@ -140,7 +140,8 @@ def _check_lengths(
         mine = lengths[start : start + len(segments)]
         mask = marks[start : start + len(segments)]
         start += len(segments)
-        last = max((n for n, m in zip(mine.tolist(), mask, strict=True) if m), default=0)
+        marked = [i for i, m in enumerate(mask) if m]
+        last = int(mine[marked[-1] :].sum()) if marked else 0  # the last completion, to the end
         if last >= seq_len:
             raise DataError(
                 f"{where}: its completion alone has {last} tokens, but data.seq_len={seq_len} "
