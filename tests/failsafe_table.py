@@ -112,14 +112,18 @@ def existing_tokenizer(e: Env) -> list[str]:
     return e.tokenize(e.copy(e.tokenizer, "tok"), 80, WORDS)
 
 
-def largest_file(directory: Path) -> Path:
-    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+def damage(step_dir: Path) -> None:
+    """Garbage in every array data file of a checkpoint (the largest one alone may hold only
+    optimizer moments, which a parameter read never touches)."""
+    for file in (step_dir / "state").rglob("*"):
+        if file.is_file() and file.parent.name == "d":
+            file.write_bytes(b"garbage")
 
 
 def _damaged_everywhere(e: Env) -> list[str]:
     work = e.copy(e.trained, "w")
     for step in (1, 2):
-        largest_file(work / "checkpoints" / str(step) / "state").write_bytes(b"garbage")
+        damage(work / "checkpoints" / str(step))
     return e.export(work)
 
 

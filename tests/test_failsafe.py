@@ -28,8 +28,8 @@ from failsafe_table import (
     SMALL,
     WORDS,
     Env,
+    damage,
     existing_tokenizer,
-    largest_file,
 )
 from test_data_shared import default_store, default_tokenizer
 
@@ -190,8 +190,7 @@ def test_disk_full_is_one_sentence_with_status_1(shared, tmp_path, capsys, monke
 
 def test_fall_back_from_a_damaged_newest_step_is_one_warning(shared, tmp_path, capsys):
     work = Path(shutil.copytree(shared["trained"], tmp_path / "w"))
-    victim = largest_file(work / "checkpoints" / "2" / "state")
-    victim.write_bytes(victim.read_bytes()[:64])
+    damage(work / "checkpoints" / "2")
     status, err = _run(["export", "--workdir", str(work), "--output", str(tmp_path / "hf")], capsys)
     assert status == 0, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -287,7 +286,7 @@ def test_damaged_checkpoints_through_the_real_command_are_quiet(shared, tmp_path
     closed' tracebacks by the dozen; the command prints one warning per step and its sentence."""
     work = Path(shutil.copytree(shared["trained"], tmp_path / "w"))
     for step in (1, 2):
-        largest_file(work / "checkpoints" / str(step) / "state").write_bytes(b"garbage")
+        damage(work / "checkpoints" / str(step))
     argv = ["export", "--workdir", str(work), "--output", str(tmp_path / "hf")]
     run = subprocess.run([sys.executable, "-m", "bertgpt_jax.cli", *argv], capture_output=True,
                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
