@@ -11,6 +11,8 @@ and the pooler are what a pretrained model hands over (`core/...`, `pooler/...`,
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,28 +27,36 @@ Array = jax.Array
 
 
 class _Encoder(nnx.Module):
-    """The shared core and the call every head makes of it."""
+    """The shared core and the call every head makes of it: `head(hidden, key)` is the part a
+    task adds; a head without dropout (`head_dropout` False) leaves the whole key to the core."""
 
     config: ModelConfig
     core: Transformer
     dropout_rate: float
+    head_dropout = True
 
-    def hidden(
+    def __call__(
         self,
         input_ids: Array,
         *,
-        token_type_ids: Array | None,
-        segment_ids: Array | None,
-        positions: Array | None,
-        key: Array | None,
-    ) -> Array:
-        return self.core(
+        token_type_ids: Array | None = None,
+        segment_ids: Array | None = None,
+        positions: Array | None = None,
+        key: Array | None = None,
+    ) -> Any:
+        """-> the head's logits (see each class), float32."""
+        k_core, k_head = split_key(key, 2) if self.head_dropout else (key, None)
+        hidden = self.core(
             input_ids,
             positions=positions,
             segment_ids=segment_ids,
             token_type_ids=token_type_ids,
-            key=key,
+            key=k_core,
         )  # [B, L, D]
+        return self.head(hidden, k_head)
+
+    def head(self, hidden: Array, key: Array | None) -> Any:
+        raise NotImplementedError
 
 
 class SequenceClassifier(_Encoder):
@@ -59,26 +69,10 @@ class SequenceClassifier(_Encoder):
         self.classifier = Dense(d, (num_labels,), (sh.EMBED, None), config, k_head)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(
-        self,
-        input_ids: Array,
-        *,
-        token_type_ids: Array | None = None,
-        segment_ids: Array | None = None,
-        positions: Array | None = None,
-        key: Array | None = None,
-    ) -> Array:
-        """-> logits [B, C] float32."""
-        k_core, k_head = split_key(key, 2)
-        hidden = self.hidden(
-            input_ids,
-            token_type_ids=token_type_ids,
-            segment_ids=segment_ids,
-            positions=positions,
-            key=k_core,
-        )
+    def head(self, hidden: Array, key: Array | None) -> Array:
+        """-> logits [B, C]."""
         pooled = jnp.tanh(self.pooler(hidden[:, 0]))  # [B, D], the [CLS] vector
-        return self.classifier(dropout(pooled, self.dropout_rate, k_head))
+        return self.classifier(dropout(pooled, self.dropout_rate, key))
 
 
 class TokenClassifier(_Encoder):
@@ -89,28 +83,14 @@ class TokenClassifier(_Encoder):
         self.classifier = Dense(config.hidden_size, (num_labels,), (sh.EMBED, None), config, k_head)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(
-        self,
-        input_ids: Array,
-        *,
-        token_type_ids: Array | None = None,
-        segment_ids: Array | None = None,
-        positions: Array | None = None,
-        key: Array | None = None,
-    ) -> Array:
-        """-> logits [B, L, C] float32."""
-        k_core, k_head = split_key(key, 2)
-        hidden = self.hidden(
-            input_ids,
-            token_type_ids=token_type_ids,
-            segment_ids=segment_ids,
-            positions=positions,
-            key=k_core,
-        )
-        return self.classifier(dropout(hidden, self.dropout_rate, k_head))
+    def head(self, hidden: Array, key: Array | None) -> Array:
+        """-> logits [B, L, C]."""
+        return self.classifier(dropout(hidden, self.dropout_rate, key))
 
 
 class SpanClassifier(_Encoder):
+    head_dropout = False
+
     def __init__(self, config: ModelConfig, key: Array):
         k_core, k_head = jax.random.split(key)
         self.config = config
@@ -118,22 +98,7 @@ class SpanClassifier(_Encoder):
         self.qa_outputs = Dense(config.hidden_size, (2,), (sh.EMBED, None), config, k_head)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(
-        self,
-        input_ids: Array,
-        *,
-        token_type_ids: Array | None = None,
-        segment_ids: Array | None = None,
-        positions: Array | None = None,
-        key: Array | None = None,
-    ) -> tuple[Array, Array]:
-        """-> start and end logits, each [B, L] float32."""
-        hidden = self.hidden(
-            input_ids,
-            token_type_ids=token_type_ids,
-            segment_ids=segment_ids,
-            positions=positions,
-            key=key,
-        )
+    def head(self, hidden: Array, key: Array | None) -> tuple[Array, Array]:
+        """-> start and end logits, each [B, L]."""
         logits = self.qa_outputs(hidden)  # [B, L, 2]
         return logits[..., 0], logits[..., 1]
