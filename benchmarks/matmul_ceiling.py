@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset:
         cmd = compare_peers.ours_cmd(args.preset, args.family, args.dtype, 1, [])
         path, overrides = cmd[cmd.index("--config") + 1], cmd[cmd.index("--steps") + 2 :]
-        overrides += ["model.scan_layers=false"]
     elif args.config:
         path, overrides = args.config, []
     else:
         ap.error("give --preset or --config")
-    config = load_config(path, [*overrides, *args.overrides])
+    # The HLO of a scan holds each layer's dots once: count them on the unrolled program.
+    config = load_config(path, [*overrides, *args.overrides, "model.scan_layers=false"])
     trainer = Trainer(config, make_mesh(config.mesh, jax.devices()[:1]))
     state = trainer.init(config.train.seed)
     batch = trainer.device_batch(synthetic_batch(config))
