@@ -251,6 +251,20 @@ def test_the_real_command_exits_without_a_traceback(args, says, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["list.yaml"]
 
 
+def test_a_host_without_tpu_chips_hears_nothing_from_libtpu(tmp_path):
+    """With the [tpu] extra installed (as the test extra has it) and JAX_PLATFORMS unset, a
+    command that starts JAX on this CPU host prints its one sentence and no libtpu warnings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    argv = ["bench", "--config", BERT, "--steps", "1", "mesh.data=2"]
+    run = subprocess.run([sys.executable, "-m", "bertgpt_jax.cli", *argv], capture_output=True,
+                         text=True, env=env, timeout=120)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert [line for line in run.stderr.splitlines() if line.strip()] == [_last_line(run.stderr)], (
+        run.stderr
+    )
+    assert "uses 2 devices but 1 are present" in run.stderr
+
+
 def test_a_killed_tokenizer_write_does_not_block_the_next_run(tmp_path, capsys):
     out = tmp_path / "tok"
     out.mkdir()

@@ -11,6 +11,10 @@ faults in one sentence with status 1 (cli/failures.py).
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.metadata
+import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,11 +50,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return failures.run(args, args.func)
 
 
+def _no_absent_tpu() -> None:
+    """libtpu (the [tpu] extra) prints a screen of warnings about TPU metadata it cannot find
+    on a host without TPU chips, on every command; there, unless JAX_PLATFORMS or an installed
+    CUDA/ROCm plugin says otherwise, JAX runs on the CPU without asking libtpu."""
+    if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or os.path.exists("/dev/vfio"):  # TPU chips are here
+        return
+    names = {
+        d.metadata["Name"].lower().replace("_", "-") for d in importlib.metadata.distributions()
+    }
+    if any(n.startswith(("jax-cuda", "jax-rocm")) for n in names):
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # imported already: its config read the environment then
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
 def entry() -> int:
     """The `bertgpt` command: re-executes once with tcmalloc preloaded where it is installed
     (see perf/allocator.py), then runs `main`. Tests call `main` directly and keep their
     process."""
     allocator.reexec_with_tcmalloc("bertgpt_jax.cli", sys.argv[1:])
+    _no_absent_tpu()
     status = main()
     # Event loops finalised at exit still print their noise: keep it dropped to the end.
     sys.unraisablehook = failures.drop_event_loop_noise
