@@ -294,3 +294,10 @@ def test_overlong_examples_are_counted_before_anything_is_written(gpt, tmp_path,
     assert config.task.name == "sft" and config.data.path == str(tmp_path / "run" / "data")
     assert "1 of 2 train examples are longer than data.seq_len=32" in caplog.text
     assert not (tmp_path / "run").exists()
+
+
+def test_windows_default_to_the_inits_positions(gpt, tmp_path):
+    """The recipe's 1024-token windows shrink to a smaller init's positions (64 here)."""
+    train = _jsonl(tmp_path / "t.jsonl", [{"prompt": "Q:", "completion": " a"}])
+    config = finetune_config("sft", str(gpt), str(train), str(train), workdir=str(tmp_path / "r"))
+    assert (config.data.seq_len, config.model.max_len) == (64, 64)

@@ -78,11 +78,14 @@ def lm_finetune_config(
             )
         data["path"] = str(Path(workdir) / DATA_DIR)
     merged.setdefault("checkpoint", {})["init_from"] = str(source.path)
-    # The init's architecture replaces the model section; until then it must be a GPT's.
-    merged["model"] = {**merged.get("model", {}), "family": "gpt", "norm_position": "pre"}
+    # The init's architecture replaces the model section (adopt); until then it is a GPT's
+    # with the init's positions, which bound the windows (the default: up to 1024 of them).
+    limit = source.model.max_len
+    merged["model"] = {**merged.get("model", {}), "family": "gpt", "norm_position": "pre",
+                       "max_len": limit}  # fmt: skip
+    if "data.seq_len" not in given:
+        data["seq_len"] = min(int(data.get("seq_len", limit)), limit)
     config = adopt(config_from_dict(merged, overrides), source)
-    if "data.seq_len" not in given and config.data.seq_len > config.model.max_len:
-        config = _with(config, "data", seq_len=config.model.max_len)
     config = config_from_dict(config_to_dict(config))  # checks the adopted model
     if name == "sft" and not config.data.document_attention:
         raise ConfigError(
