@@ -1,30 +1,17 @@
-"""GPT fine-tuning, measured: a small GPT pretrained on the embedded corpus (standard-library
-docstrings), then fine-tuned with `bertgpt finetune` from its HuggingFace export
-
-  (a) --task causal-lm on another body of local text: the docstrings of an installed package
-      (numpy's by default), one JSONL {"text"} document per module, split by module; reports
-      held-out loss and perplexity before and after;
-  (b) --task sft on prompt -> completion pairs from the standard library's source (via `ast`):
-      prompt = a fixed instruction and a public function's docstring first line, completion = its
-      `def name(arguments):` line, split by function; reports held-out completion loss before
-      and after, how many greedy completions parse as a `def` line, name the function right
-      or match exactly, and a few samples;
-
-and times the fine-tuning step: our jitted `Trainer.train_step` (what `bertgpt finetune` runs)
-against `transformers`' GPT2LMHeadModel on PyTorch (eager and torch.compile; fp32 and bf16
-autocast) on the same weights (the export), the same packed batches of run (a) with
-data.document_attention=false (GPT-2 has no per-document attention), batch and sequence
-length, AdamW with grad clipping at 1 and the same schedule; ours also with the layers
-unrolled (model.scan_layers=false). Where ours is under 1.25x the best peer, it also reports
-the step's matmul ceiling (benchmarks/matmul_ceiling.py, on the unrolled program: the HLO of a
-scan holds each layer's dots once). Both run in one process on tcmalloc where installed.
-The pretrained model (WORKDIR/hf) is reused when there; the fine-tuning runs start fresh.
+"""GPT fine-tuning, measured: a small GPT pretrained on the embedded corpus (stdlib
+docstrings), exported, then fine-tuned with `bertgpt finetune` from the export: (a) causal-lm
+on an installed package's docstrings (numpy's by default, one JSONL document per module, split
+by module): held-out loss and perplexity before and after; (b) sft on stdlib pairs (prompt =
+an instruction and a function's docstring first line, completion = its `def` line, split by
+function): held-out completion loss before and after, greedy samples and how many parse, name
+the function or match. Then the step's throughput: ours (`Trainer.train_step`, scanned and
+unrolled) against transformers' GPT2LMHeadModel on PyTorch (eager, torch.compile; fp32, bf16
+autocast) on the same export and packed batches (document_attention off: GPT-2 has none),
+AdamW, clipping at 1, the same schedule; under 1.25x, also the matmul ceiling
+(benchmarks/matmul_ceiling.py). "Before" scores the init with the same evaluator on the same
+validation windows. Run it on an idle machine:
 
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/gpt_finetune.py --workdir runs/gptft
-
-"Before" is the init's weights scored by the same evaluator on the same prepared validation
-windows (`training.loop.evaluate`), "after" the run's final line. Prints one JSON line per
-measurement and Markdown tables. Run it on an idle machine (the throughput is timed here).
 """
 
 from __future__ import annotations

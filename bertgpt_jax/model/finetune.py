@@ -11,6 +11,7 @@ and the pooler are what a pretrained model hands over (`core/...`, `pooler/...`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,6 +35,7 @@ class _Encoder(nnx.Module):
     core: Transformer
     dropout_rate: float
     head_dropout = True
+    head: Callable[[Array, Array | None], Any]  # each class's own method
 
     def __call__(
         self,
@@ -54,9 +56,6 @@ class _Encoder(nnx.Module):
             key=k_core,
         )  # [B, L, D]
         return self.head(hidden, k_head)
-
-    def head(self, hidden: Array, key: Array | None) -> Any:
-        raise NotImplementedError
 
 
 class SequenceClassifier(_Encoder):

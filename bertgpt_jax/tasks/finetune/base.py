@@ -193,6 +193,29 @@ class FinetuneTask(Task):
             "example_weights": np.ones(b, np.float32),
         }
 
+    def predict(
+        self,
+        model: Any,
+        input_ids: Any,
+        *,
+        positions: Any,
+        segment_ids: Any,
+        token_type_ids: Any | None,
+    ) -> dict[str, Any]:
+        """The head's logits ([B, C] or [B, L, C]); QA overrides with its two."""
+        logits = model(
+            input_ids, token_type_ids=token_type_ids, segment_ids=segment_ids, positions=positions
+        )
+        return {"logits": logits}
+
+    def label_maps(self) -> dict[str, Any]:
+        """config.json's id2label and label2id (LABEL_i where the task has no names)."""
+        names = self.labels or tuple(f"LABEL_{i}" for i in range(self.num_labels))
+        return {
+            "id2label": {str(i): n for i, n in enumerate(names)},
+            "label2id": {n: i for i, n in enumerate(names)},
+        }
+
     def head_flops(self, config: Config) -> float:
         """A dense [D, C] at every position (token and span heads; sequence heads override)."""
         m, tokens = config.model, config.train.batch_size * config.data.seq_len

@@ -60,31 +60,11 @@ class Tagging(FinetuneTask):
     def term_weights(self, batch: Batch) -> dict[str, Array]:
         return {self.term: self._weights(batch).astype(jnp.float32).sum()}
 
-    def predict(
-        self,
-        model: TokenClassifier,
-        input_ids: Array,
-        *,
-        positions: Array,
-        segment_ids: Array,
-        token_type_ids: Array | None,
-    ) -> dict[str, Array]:
-        """logits [B, L, C]."""
-        logits = model(
-            input_ids,
-            token_type_ids=token_type_ids,
-            segment_ids=segment_ids,
-            positions=positions,
-        )
-        return {"logits": logits}
-
     def hf_config(self) -> dict[str, Any]:
-        names = self.labels or tuple(f"LABEL_{i}" for i in range(self.num_labels))
         return {
             **self.stored_options(),
             "architectures": [self.hf_architecture],
-            "id2label": {str(i): n for i, n in enumerate(names)},
-            "label2id": {n: i for i, n in enumerate(names)},
+            **self.label_maps(),
         }
 
     def discover_labels(self, path: Path) -> tuple[str, ...]:
