@@ -42,7 +42,11 @@ def _train(trainer: Trainer, state, steps: int, seed: int = 0):
     return state, losses
 
 
-def _assert_equal(a, b) -> None:
+def _assert_equal(restored, original) -> None:
+    """Every array a checkpoint holds, bit for bit; AdamW's carried bounds, which it does not
+    hold, come back unknown (NaN), to be measured again at the next step."""
+    assert np.isnan(np.asarray(restored.opt_state.bounds)).all()
+    a, b = (s.replace(opt_state=s.opt_state._replace(bounds=None)) for s in (restored, original))
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 

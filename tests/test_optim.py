@@ -65,6 +65,35 @@ def test_fused_adamw_equals_optax_chain(clip):
     assert int(state.updates) == 6
 
 
+def _peaks(params, state: AdamWState) -> np.ndarray:
+    return np.array(
+        [max(float(jnp.abs(x).max()) for x in jax.tree.leaves(t)) for t in (params, *state[1:3])]
+    )
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_fused_adamw_carries_bounds_that_hold(clip):
+    """The bounds FusedAdamW carries from step to step are above every |p|, |m| and v after each
+    of 30 steps with gradients from 0.01 to 100 that push every parameter away from zero (so the
+    largest grows), and stay proven (under 2**100) without a probe: a probe would leave the
+    measured maxima themselves, so the bounds stay strictly above them."""
+    config = TrainConfig(learning_rate=1e-2, warmup_steps=3, steps=40, grad_clip_norm=clip)
+    optimizer = make_optimizer(config)
+    apply = jax.jit(optimizer.apply)
+    params = _params()
+    state = optimizer.init(params)
+    assert np.isnan(np.asarray(state.bounds)).all()  # not known: measured at the first step
+    for step in range(30):
+        grads = _grads(step, size=10.0 ** (step % 5 - 2))
+        grads = jax.tree.map(lambda g, p: -jnp.abs(g) * jnp.sign(p), grads, params)
+        params, state, applied = apply(grads, state, params, optax.global_norm(grads), True)
+        assert bool(applied)
+        bounds = np.asarray(state.bounds)
+        assert np.all(bounds > _peaks(params, state)) and np.all(bounds < 2.0**100), (step, bounds)
+    assert optimizer.saved(state).bounds is None
+    assert np.isnan(np.asarray(optimizer.restored(optimizer.saved(state)).bounds)).all()
+
+
 @pytest.mark.parametrize("name", ["adamw", "lamb", "adafactor"])
 def test_non_finite_step_keeps_parameters_and_state(name):
     optimizer = make_optimizer(dataclasses.replace(TrainConfig(), optimizer=name))
@@ -112,12 +141,15 @@ def test_an_update_that_overflows_is_not_applied(name):
 
 
 def _damage(state: AdamWState, how: str) -> AdamWState:
+    """A state changed outside `apply`, then declared so with `restored` (as a checkpoint's is)."""
     first = lambda tree, value: jax.tree.map(lambda x: x.at[0].set(value), tree)  # noqa: E731
     if how == "huge first moment":  # finite, but m / (sqrt(v) + eps) overflows
-        return state._replace(mu=first(state.mu, 3e38))
-    if how == "negative second moment":  # finite, but its square root is NaN
-        return state._replace(nu=first(state.nu, -1.0))
-    return state._replace(nu=first(state.nu, jnp.inf))
+        state = state._replace(mu=first(state.mu, 3e38))
+    elif how == "negative second moment":  # finite, but its square root is NaN
+        state = state._replace(nu=first(state.nu, -1.0))
+    else:
+        state = state._replace(nu=first(state.nu, jnp.inf))
+    return state._replace(bounds=jnp.full((3,), jnp.nan, jnp.float32))
 
 
 @pytest.mark.parametrize("how", ["huge first moment", "negative second moment", "inf moment"])

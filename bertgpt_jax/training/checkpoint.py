@@ -103,25 +103,29 @@ class Checkpointer:
                 "train.learning_rate."
             )
         args = ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state),
+            state=ocp.args.PyTreeSave(self.trainer.saved(state)),
             metadata=ocp.args.JsonSave(self.metadata(step, metrics)),
         )
         self.manager.save(step, args=args, force=force)
         self.blocked_s = time.perf_counter() - start
 
     def _target(self) -> tuple[TrainState, TrainState]:
-        """The abstract state on this run's mesh, and matching Orbax restore args."""
+        """The abstract saved state on this run's mesh, and matching Orbax restore args."""
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            self.trainer.abstract_state,
-            self.trainer.state_shardings,
+            self.trainer.saved(self.trainer.abstract_state),
+            self.trainer.saved(self.trainer.state_shardings),
         )
         return target, jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
 
     def _restore_state(self, step: int) -> TrainState:
         target, restore_args = self._target()
-        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args)
-        state = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        # partial_restore: a saved state leaves out what `Trainer.restored` re-derives, which
+        # Orbax would otherwise count as missing (the target holds None there).
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        state = self.trainer.restored(
+            self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        )
         if not self.trainer.state_is_finite(state):
             # Saved by an older version without the guard: as unusable as an unreadable step.
             raise ValueError("it holds non-finite parameters or optimizer moments")

@@ -2,17 +2,18 @@
 Adafactor, each behind global-norm clipping, with weight decay masked off biases and LayerNorm
 parameters (as google-research/bert's `exclude_from_weight_decay`).
 
-Every optimizer is an `Optimizer`: `init(params) -> state` and `apply(grads, state, params,
-grad_norm, finite) -> (params, state, applied)`. The update is applied only when `finite` (loss and
-gradient norm) holds and it leaves every parameter and moment finite; otherwise parameters and
-state come back bit for bit as they were and `applied` is False, so nothing non-finite ever
-reaches the training state (or a checkpoint). LAMB and Adafactor are optax's, guarded by an
-all-finite probe of the new values and a select between new and old. AdamW is written out
-(`FusedAdamW`, the same update as `optax.chain(clip_by_global_norm, adamw)`) so that each tensor
-takes one pass per output, written in place, and proves its update finite before writing it
-(see `FusedAdamW.apply`): optax's chain, followed by the non-finite select, makes XLA recompute
-the new moments inside the parameter update, which needs copies of the old moments and a
-materialised clipped gradient (figures in benchmarks/KERNELS.md).
+Every optimizer is an `Optimizer`: `init(params) -> state`, `apply(grads, state, params,
+grad_norm, finite) -> (params, state, applied)`, and `saved`/`restored` between a state and its
+checkpointed form. The update is applied only when `finite` (loss and gradient norm) holds and it
+leaves every parameter and moment finite; otherwise parameters and state come back bit for bit as
+they were and `applied` is False, so nothing non-finite ever reaches the training state (or a
+checkpoint). LAMB and Adafactor are optax's, guarded by an all-finite probe of the new values and
+a select between new and old. AdamW is written out (`FusedAdamW`, the same update as
+`optax.chain(clip_by_global_norm, adamw)`) so that each tensor takes one pass per output, written
+in place, and proves its update finite before writing it, from three scalars it carries (see
+`FusedAdamW.apply`): optax's chain, followed by the non-finite select, makes XLA recompute the new
+moments inside the parameter update, which needs copies of the old moments and a materialised
+clipped gradient (figures in benchmarks/KERNELS.md).
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ class Optimizer(Protocol):
         self, grads: Any, state: Any, params: Any, grad_norm: jax.Array, finite: jax.Array
     ) -> tuple[Any, Any, jax.Array]: ...
 
+    def saved(self, state: Any) -> Any:
+        """The state as a checkpoint holds it (values the next update re-derives left out)."""
+        ...
+
+    def restored(self, state: Any) -> Any:
+        """A full state from a saved one, or from one changed outside `apply`."""
+        ...
+
 
 def all_finite(tree: Any) -> jax.Array:
     """bool []: every element of every floating-point leaf of `tree` is finite (integer leaves
@@ -88,6 +97,12 @@ class OptaxOptimizer:
     def init(self, params: Any) -> Any:
         return self.tx.init(params)
 
+    def saved(self, state: Any) -> Any:
+        return state
+
+    def restored(self, state: Any) -> Any:
+        return state
+
     def apply(
         self, grads: Any, state: Any, params: Any, grad_norm: jax.Array, finite: jax.Array
     ) -> tuple[Any, Any, jax.Array]:
@@ -101,6 +116,10 @@ class AdamWState(NamedTuple):
     updates: jax.Array  # int32 [], updates applied so far
     mu: Any  # first moments, shaped like the parameters
     nu: Any  # second moments
+    # float32 [3]: upper bounds on every |parameter|, |first moment| and second moment, carried
+    # from update to update (`FusedAdamW._propagate`); NaN: not known, measured at the next update.
+    # Derived from the rest, so not checkpointed: None in a saved state.
+    bounds: Any = None
 
 
 class _StepScalars(NamedTuple):
@@ -110,18 +129,29 @@ class _StepScalars(NamedTuple):
     bias2: jax.Array
 
 
-# FusedAdamW's update provably leaves every value finite while its bound stays under 2**100, a
-# factor 2**28 below float32's largest number: each of the update's few roundings moves a value by
-# a relative 2**-24 at most, so no computed value can pass the real-number bound by that much.
+# FusedAdamW's update provably leaves every value finite while its bounds stay under 2**100, a
+# factor 2**28 below float32's largest number.
 _BOUND_LIMIT = 2.0**100
+# Each carried bound is raised by this factor at every update. It covers the few roundings
+# (a relative 2**-24 each) by which a computed value, or the bound itself, can pass its
+# real-number bound, so the bounds hold over any number of updates.
+_ROUNDING = 1.0 + 2.0**-20
 
 
-def _peak(p: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
-    """>= every |p|, |m| and v of a tensor (a sum of non-negative terms is at least each term);
-    NaN where some value is NaN or some v < 0 (sqrt(v), as the update's square root would be).
-    One add-reduction over the three tensors, which XLA:CPU fuses whole, reading each once (a
-    select or comparison in it would cost a materialised intermediate)."""
-    return jnp.sum(jnp.abs(p) + jnp.abs(m) + v + jnp.sqrt(v), dtype=jnp.float32)
+def _unknown_bounds() -> jax.Array:
+    return jnp.full((3,), jnp.nan, jnp.float32)
+
+
+def _measure(params: Any, mu: Any, nu: Any) -> jax.Array:
+    """float32 [3]: the largest |p|, |m| and v, or NaN where some value is not finite or some
+    v < 0 (its square root, as the update takes it, would be NaN). Run only where the bounds
+    are not known (the first update after `init` or `restored`) or fail (the probe)."""
+    peaks = [
+        jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree)]))
+        for tree in (params, mu, nu)
+    ]
+    ok = all_finite((params, mu, jax.tree.map(jnp.sqrt, nu)))
+    return jnp.where(ok, jnp.stack(peaks).astype(jnp.float32), jnp.nan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +160,8 @@ class FusedAdamW:
     tensor: new first moment, new second moment, then the parameter from those two; the barrier
     between makes the parameter pass read the new moments instead of recomputing them from old
     ones XLA would then have to copy. Each pass writes in place, keeping the old value where the
-    update is not applied; whether it is applied is decided before, from the old state."""
+    update is not applied; whether it is applied is decided before, from scalars carried in the
+    state (`AdamWState.bounds`), so the guard reads no tensor at all on an ordinary step."""
 
     schedule: optax.Schedule
     b1: float
@@ -141,7 +172,16 @@ class FusedAdamW:
 
     def init(self, params: Any) -> AdamWState:
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return AdamWState(jnp.zeros((), jnp.int32), zeros(), zeros())
+        return AdamWState(jnp.zeros((), jnp.int32), zeros(), zeros(), _unknown_bounds())
+
+    def saved(self, state: AdamWState) -> AdamWState:
+        """The state as a checkpoint holds it: without the bounds, which `restored` re-derives."""
+        return state._replace(bounds=None)
+
+    def restored(self, state: AdamWState) -> AdamWState:
+        """A state read back from a checkpoint, or changed outside `apply`: its bounds are
+        measured again at the next update."""
+        return state._replace(bounds=_unknown_bounds())
 
     def apply(
         self, grads: Any, state: AdamWState, params: Any, grad_norm: jax.Array, finite: jax.Array
@@ -149,9 +189,9 @@ class FusedAdamW:
         """Applied when `finite` holds and the new parameters and moments are finite. That is
         settled before anything is written, so the passes can write in place (a probe of the new
         values followed by a select between new and old reads and writes every tensor twice
-        more): `_bounded` proves it from one reduction over the old state, and only where that
-        bound fails (a learning rate or moments so large the update may overflow, eps = 0, a
-        damaged state) is the update computed inside an all-finite reduction first."""
+        more): `_propagate` proves it from the carried bounds, in scalars, and only where that
+        proof fails (a learning rate or moments so large the update may overflow, eps = 0, a
+        damaged state) are the new values computed and measured first."""
         k = self._scalars(state, grad_norm)
         decayed = decay_mask(params)
 
@@ -160,11 +200,19 @@ class FusedAdamW:
                 m, v = self._first(m, g, k), self._second(v, g, k)
                 return self._parameter(p, m, v, d, k), m, v
 
-            return all_finite(jax.tree.map(new, params, state.mu, state.nu, grads, decayed))
+            values = jax.tree.map(new, params, state.mu, state.nu, grads, decayed)
+            is_new = lambda x: isinstance(x, tuple)  # noqa: E731
+            return _measure(*(jax.tree.map(lambda t, i=i: t[i], values, is_leaf=is_new)
+                              for i in range(3)))  # fmt: skip
 
-        bounded = self._bounded(state, params, grad_norm * k.scale, k)
-        needs_probe = finite & jnp.logical_not(bounded)
-        applied = finite & jax.lax.cond(needs_probe, probe, lambda: jnp.asarray(True))
+        known = jnp.all(jnp.isfinite(state.bounds))
+        old = jax.lax.cond(
+            known, lambda: state.bounds, lambda: _measure(params, state.mu, state.nu)
+        )
+        bounds = self._propagate(old, grad_norm * k.scale, k)
+        proven = jnp.all(bounds < _BOUND_LIMIT)  # False where NaN
+        bounds = jax.lax.cond(finite & jnp.logical_not(proven), probe, lambda: bounds)
+        applied = finite & jnp.all(jnp.isfinite(bounds))
         mu = jax.tree.map(lambda m, g: jnp.where(applied, self._first(m, g, k), m), state.mu, grads)
         nu = jax.tree.map(
             lambda v, g: jnp.where(applied, self._second(v, g, k), v), state.nu, grads
@@ -175,7 +223,11 @@ class FusedAdamW:
             params, mu, nu, decayed,
         )  # fmt: skip
         count = jnp.where(applied, optax.safe_int32_increment(state.updates), state.updates)
-        return new_params, AdamWState(count, mu, nu), applied
+        return (
+            new_params,
+            AdamWState(count, mu, nu, jnp.where(applied, bounds, state.bounds)),
+            applied,
+        )
 
     def _scalars(self, state: AdamWState, grad_norm: jax.Array) -> _StepScalars:
         scale = jnp.ones((), jnp.float32)
@@ -200,22 +252,20 @@ class FusedAdamW:
             step = step + self.weight_decay * p
         return p - k.learning_rate * step
 
-    def _bounded(
-        self, state: AdamWState, params: Any, clipped_norm: jax.Array, k: _StepScalars
-    ) -> jax.Array:
-        """bool []: every value the update computes is provably finite. With P >= |p|, |m|, v
-        everywhere (`_peak`, which also rules out v < 0) and G = clipped_norm + 1 >= |g * scale|
-        everywhere (a sum of squares is at least each square; the + 1 covers gradients too small
-        for their square to count, flushed to zero), the new moments and parameters satisfy
-        |m'| / bias1 <= (b1 P + (1 - b1) G) / bias1 = M, 0 <= v' / bias2 <= (b2 P + (1 - b2) G^2)
-        / bias2, and, as sqrt(v' / bias2) + eps >= eps, |p'| <= P + lr (M / eps + wd P). A NaN
-        or infinite bound (eps = 0, an overflowing lr * M / eps) proves nothing: False."""
-        peak = sum(jax.tree.leaves(jax.tree.map(_peak, params, state.mu, state.nu)))
-        g = clipped_norm + 1.0
-        first = (self.b1 * peak + (1 - self.b1) * g) / k.bias1
-        second = (self.b2 * peak + (1 - self.b2) * jnp.square(g)) / k.bias2
-        param = peak + k.learning_rate * (first / self.eps + self.weight_decay * peak)
-        return jnp.maximum(jnp.maximum(first, second), param) < _BOUND_LIMIT
+    def _propagate(self, old: jax.Array, clipped_norm: jax.Array, k: _StepScalars) -> jax.Array:
+        """float32 [3]: bounds on the new |p|, |m| and v, given `old` = (P, M, V) bounds on the
+        current ones (with v >= 0). Every |g * scale| <= G = (clipped_norm + 1)(1 + 2**-10) (a
+        sum of squares is at least each square; the + 1 and the factor cover gradients flushed to
+        zero and the norm's own roundings), so |m'| <= b1 M + (1 - b1) G, 0 <= v' <= b2 V +
+        (1 - b2) G^2 and, as sqrt(v' / bias2) + eps >= eps, |p'| <= P + lr (M' / bias1 / eps +
+        wd P). Each is raised by `_ROUNDING`. A NaN or infinite bound (eps = 0, an overflowing
+        lr / eps) proves nothing, and neither does one at or over `_BOUND_LIMIT`."""
+        p, m, v = old[0], old[1], old[2]
+        g = (clipped_norm + 1.0) * (1.0 + 2.0**-10)
+        m = self.b1 * m + (1 - self.b1) * g
+        v = self.b2 * v + (1 - self.b2) * jnp.square(g)
+        p = p + k.learning_rate * (m / k.bias1 / self.eps + self.weight_decay * p)
+        return jnp.stack([p, m, v]).astype(jnp.float32) * _ROUNDING
 
 
 def make_optimizer(config: TrainConfig) -> Optimizer:

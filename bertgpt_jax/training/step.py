@@ -71,9 +71,15 @@ class Trainer:
             self._eval, in_shardings=(self.state_shardings, None), out_shardings=self.replicated
         )
         self._state_finite = jax.jit(
-            lambda s: all_finite((s.params, s.opt_state)),
+            lambda s: all_finite(self.saved(s)),
             in_shardings=(self.state_shardings,),
             out_shardings=self.replicated,
+        )
+        self._restored = jax.jit(
+            lambda s: dataclasses.replace(s, opt_state=self.optimizer.restored(s.opt_state)),
+            in_shardings=(self.saved(self.state_shardings),),
+            out_shardings=self.state_shardings,
+            donate_argnums=0,
         )
         self._outputs_step = jax.jit(
             self._outputs, in_shardings=(self.state_shardings, None), out_shardings=self.replicated
@@ -190,8 +196,19 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return self._train_step(state, batch)
 
+    def saved(self, state: TrainState) -> TrainState:
+        """The state as a checkpoint holds it (`Optimizer.saved`): also works on the shardings
+        and the abstract state."""
+        return dataclasses.replace(state, opt_state=self.optimizer.saved(state.opt_state))
+
+    def restored(self, state: TrainState) -> TrainState:
+        """The full state from a checkpoint's (`saved`), in this run's shardings."""
+        with jax.set_mesh(self.mesh):
+            return self._restored(state)
+
     def state_is_finite(self, state: TrainState) -> bool:
-        """Whether every parameter and optimizer moment is finite (checked before a save)."""
+        """Whether every value a checkpoint of `state` would hold is finite (checked before a
+        save and after a restore)."""
         with jax.set_mesh(self.mesh):
             return bool(jax.device_get(self._state_finite(state)))
 
