@@ -163,7 +163,8 @@ def test_an_update_that_overflows_is_not_applied():
     state = trainer.init(0)
     opt = state.opt_state
     huge = jax.tree.map(lambda m: m + np.float32(1e38), opt.mu)
-    state = state.replace(opt_state=opt._replace(mu=huge, updates=opt.updates + 5))
+    edited = state.replace(opt_state=opt._replace(mu=huge, updates=opt.updates + 5))
+    state = trainer.restored(trainer.saved(edited))  # as a checkpoint holding it would be
     before = jax.device_get((state.params, state.opt_state))
     state, metrics = trainer.train_step(state, trainer.device_batch(synthetic_batch(config)))
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))

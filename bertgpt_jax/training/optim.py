@@ -19,6 +19,7 @@ clipped gradient (figures in benchmarks/KERNELS.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -67,7 +68,7 @@ class Optimizer(Protocol):
         """The state as a checkpoint holds it (values the next update re-derives left out)."""
         ...
 
-    def restored(self, state: Any) -> Any:
+    def restored(self, state: Any, params: Any) -> Any:
         """A full state from a saved one, or from one changed outside `apply`."""
         ...
 
@@ -100,7 +101,7 @@ class OptaxOptimizer:
     def saved(self, state: Any) -> Any:
         return state
 
-    def restored(self, state: Any) -> Any:
+    def restored(self, state: Any, params: Any) -> Any:
         return state
 
     def apply(
@@ -116,9 +117,9 @@ class AdamWState(NamedTuple):
     updates: jax.Array  # int32 [], updates applied so far
     mu: Any  # first moments, shaped like the parameters
     nu: Any  # second moments
-    # float32 [3]: upper bounds on every |parameter|, |first moment| and second moment, carried
-    # from update to update (`FusedAdamW._propagate`); NaN: not known, measured at the next update.
-    # Derived from the rest, so not checkpointed: None in a saved state.
+    # float32 [3]: upper bounds on every |parameter|, |first moment| and second moment, measured
+    # where a state is made and carried from update to update (`FusedAdamW._propagate`); NaN: the
+    # state holds a value no update makes. Derived, so not checkpointed: None in a saved state.
     bounds: Any = None
 
 
@@ -127,6 +128,7 @@ class _StepScalars(NamedTuple):
     learning_rate: jax.Array
     bias1: jax.Array  # Adam's bias corrections, 1 - b**count
     bias2: jax.Array
+    clipped_norm: jax.Array  # the norm of the clipped gradient
 
 
 # FusedAdamW's update provably leaves every value finite while its bounds stay under 2**100, a
@@ -138,17 +140,14 @@ _BOUND_LIMIT = 2.0**100
 _ROUNDING = 1.0 + 2.0**-20
 
 
-def _unknown_bounds() -> jax.Array:
-    return jnp.full((3,), jnp.nan, jnp.float32)
-
-
 def _measure(params: Any, mu: Any, nu: Any) -> jax.Array:
     """float32 [3]: the largest |p|, |m| and v, or NaN where some value is not finite or some
-    v < 0 (its square root, as the update takes it, would be NaN). Run only where the bounds
-    are not known (the first update after `init` or `restored`) or fail (the probe)."""
+    v < 0 (its square root, as the update takes it, would be NaN). Run where a state is made
+    (`init`, `restored`) and where the bounds fail (the probe), not on an ordinary step."""
+    zero = jnp.zeros((), jnp.float32)
     peaks = [
-        jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree)]))
-        for tree in (params, mu, nu)
+        functools.reduce(jnp.maximum, (jnp.max(jnp.abs(x)) for x in jax.tree.leaves(t)), zero)
+        for t in (params, mu, nu)
     ]
     ok = all_finite((params, mu, jax.tree.map(jnp.sqrt, nu)))
     return jnp.where(ok, jnp.stack(peaks).astype(jnp.float32), jnp.nan)
@@ -172,28 +171,49 @@ class FusedAdamW:
 
     def init(self, params: Any) -> AdamWState:
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return AdamWState(jnp.zeros((), jnp.int32), zeros(), zeros(), _unknown_bounds())
+        mu, nu = zeros(), zeros()
+        return AdamWState(jnp.zeros((), jnp.int32), mu, nu, _measure(params, mu, nu))
 
     def saved(self, state: AdamWState) -> AdamWState:
-        """The state as a checkpoint holds it: without the bounds, which `restored` re-derives."""
+        """The state as a checkpoint holds it: without the bounds, which `restored` measures."""
         return state._replace(bounds=None)
 
-    def restored(self, state: AdamWState) -> AdamWState:
-        """A state read back from a checkpoint, or changed outside `apply`: its bounds are
-        measured again at the next update."""
-        return state._replace(bounds=_unknown_bounds())
+    def restored(self, state: AdamWState, params: Any) -> AdamWState:
+        """A state read back from a checkpoint (`saved`), or changed outside `apply`, with its
+        bounds measured (NaN where it holds a value no update makes: no update is then applied
+        until the probe finds one finite)."""
+        return state._replace(bounds=_measure(params, state.mu, state.nu))
 
     def apply(
         self, grads: Any, state: AdamWState, params: Any, grad_norm: jax.Array, finite: jax.Array
     ) -> tuple[Any, AdamWState, jax.Array]:
         """Applied when `finite` holds and the new parameters and moments are finite. That is
-        settled before anything is written, so the passes can write in place (a probe of the new
-        values followed by a select between new and old reads and writes every tensor twice
-        more): `_propagate` proves it from the carried bounds, in scalars, and only where that
-        proof fails (a learning rate or moments so large the update may overflow, eps = 0, a
-        damaged state) are the new values computed and measured first."""
+        settled before anything is written (`_decide`), so the passes can write in place: a
+        probe of the new values followed by a select between new and old would read and write
+        every tensor twice more."""
         k = self._scalars(state, grad_norm)
         decayed = decay_mask(params)
+        applied, bounds = self._decide(grads, state, params, decayed, finite, k)
+        mu = jax.tree.map(lambda m, g: jnp.where(applied, self._first(m, g, k), m), state.mu, grads)
+        nu = jax.tree.map(
+            lambda v, g: jnp.where(applied, self._second(v, g, k), v), state.nu, grads
+        )
+        mu, nu = jax.lax.optimization_barrier((mu, nu))
+        new_params = jax.tree.map(
+            lambda p, m, v, d: jnp.where(applied, self._parameter(p, m, v, d, k), p),
+            params, mu, nu, decayed,
+        )  # fmt: skip
+        count = jnp.where(applied, optax.safe_int32_increment(state.updates), state.updates)
+        return new_params, AdamWState(count, mu, nu, bounds), applied
+
+    def _decide(
+        self, grads: Any, state: AdamWState, params: Any, decayed: Any, finite: jax.Array,
+        k: _StepScalars,
+    ) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+        """(applied, the bounds of the state after the update). `_propagate` proves the new
+        values finite from the carried bounds, in scalars; only where that proof fails (a
+        learning rate or moments so large the update may overflow, eps = 0, a damaged state) are
+        the new values computed and measured first, inside a `lax.cond`."""
 
         def probe() -> jax.Array:
             def new(p: jax.Array, m: jax.Array, v: jax.Array, g: jax.Array, d: bool) -> tuple:
@@ -205,29 +225,11 @@ class FusedAdamW:
             return _measure(*(jax.tree.map(lambda t, i=i: t[i], values, is_leaf=is_new)
                               for i in range(3)))  # fmt: skip
 
-        known = jnp.all(jnp.isfinite(state.bounds))
-        old = jax.lax.cond(
-            known, lambda: state.bounds, lambda: _measure(params, state.mu, state.nu)
-        )
-        bounds = self._propagate(old, grad_norm * k.scale, k)
+        bounds = self._propagate(state.bounds, k)
         proven = jnp.all(bounds < _BOUND_LIMIT)  # False where NaN
         bounds = jax.lax.cond(finite & jnp.logical_not(proven), probe, lambda: bounds)
         applied = finite & jnp.all(jnp.isfinite(bounds))
-        mu = jax.tree.map(lambda m, g: jnp.where(applied, self._first(m, g, k), m), state.mu, grads)
-        nu = jax.tree.map(
-            lambda v, g: jnp.where(applied, self._second(v, g, k), v), state.nu, grads
-        )
-        mu, nu = jax.lax.optimization_barrier((mu, nu))
-        new_params = jax.tree.map(
-            lambda p, m, v, d: jnp.where(applied, self._parameter(p, m, v, d, k), p),
-            params, mu, nu, decayed,
-        )  # fmt: skip
-        count = jnp.where(applied, optax.safe_int32_increment(state.updates), state.updates)
-        return (
-            new_params,
-            AdamWState(count, mu, nu, jnp.where(applied, bounds, state.bounds)),
-            applied,
-        )
+        return applied, jnp.where(applied, bounds, state.bounds)
 
     def _scalars(self, state: AdamWState, grad_norm: jax.Array) -> _StepScalars:
         scale = jnp.ones((), jnp.float32)
@@ -235,7 +237,11 @@ class FusedAdamW:
             scale = jnp.where(grad_norm < self.clip_norm, 1.0, self.clip_norm / grad_norm)
         count = optax.safe_int32_increment(state.updates).astype(jnp.float32)
         return _StepScalars(
-            scale, self.schedule(state.updates), 1 - self.b1**count, 1 - self.b2**count
+            scale,
+            self.schedule(state.updates),
+            1 - self.b1**count,
+            1 - self.b2**count,
+            grad_norm * scale,
         )
 
     def _first(self, m: jax.Array, g: jax.Array, k: _StepScalars) -> jax.Array:
@@ -252,7 +258,7 @@ class FusedAdamW:
             step = step + self.weight_decay * p
         return p - k.learning_rate * step
 
-    def _propagate(self, old: jax.Array, clipped_norm: jax.Array, k: _StepScalars) -> jax.Array:
+    def _propagate(self, old: jax.Array, k: _StepScalars) -> jax.Array:
         """float32 [3]: bounds on the new |p|, |m| and v, given `old` = (P, M, V) bounds on the
         current ones (with v >= 0). Every |g * scale| <= G = (clipped_norm + 1)(1 + 2**-10) (a
         sum of squares is at least each square; the + 1 and the factor cover gradients flushed to
@@ -261,7 +267,7 @@ class FusedAdamW:
         wd P). Each is raised by `_ROUNDING`. A NaN or infinite bound (eps = 0, an overflowing
         lr / eps) proves nothing, and neither does one at or over `_BOUND_LIMIT`."""
         p, m, v = old[0], old[1], old[2]
-        g = (clipped_norm + 1.0) * (1.0 + 2.0**-10)
+        g = (k.clipped_norm + 1.0) * (1.0 + 2.0**-10)
         m = self.b1 * m + (1 - self.b1) * g
         v = self.b2 * v + (1 - self.b2) * jnp.square(g)
         p = p + k.learning_rate * (m / k.bias1 / self.eps + self.weight_decay * p)

@@ -76,7 +76,9 @@ class Trainer:
             out_shardings=self.replicated,
         )
         self._restored = jax.jit(
-            lambda s: dataclasses.replace(s, opt_state=self.optimizer.restored(s.opt_state)),
+            lambda s: dataclasses.replace(
+                s, opt_state=self.optimizer.restored(s.opt_state, s.params)
+            ),
             in_shardings=(self.saved(self.state_shardings),),
             out_shardings=self.state_shardings,
             donate_argnums=0,
@@ -202,7 +204,8 @@ class Trainer:
         return dataclasses.replace(state, opt_state=self.optimizer.saved(state.opt_state))
 
     def restored(self, state: TrainState) -> TrainState:
-        """The full state from a checkpoint's (`saved`), in this run's shardings."""
+        """The full state from a checkpoint's (`saved`), or from a state changed outside the
+        train step (passed through `saved`), in this run's shardings."""
         with jax.set_mesh(self.mesh):
             return self._restored(state)
 
