@@ -3,8 +3,9 @@ them) runs the real command in-process (`bertgpt_jax.cli.main`) and must exit wi
 end stderr with the tool's one sentence naming the thing at fault, print no traceback, and change
 nothing on disk: neither the user's files nor the shared store and workdirs, and no half-made
 output. Runs that do train or write (non-finite stop, skip, disk full, fall-back, stale partial
-outputs, --overwrite) have their own tests below, saying what they may write and what not; two
-run through a subprocess for the interpreter's own exit status.
+outputs, --overwrite, a disk that fills during an async checkpoint) have their own tests below,
+saying what they may write and what not; some run through a subprocess for the interpreter's own
+exit status.
 """
 
 from __future__ import annotations
@@ -313,3 +314,63 @@ def test_damaged_checkpoints_through_the_real_command_are_quiet(shared, tmp_path
         "warning: checkpoint step 1",
     ], run.stderr
     assert re.match(r"bertgpt export: error: none of the checkpoints in .* can be read", lines[-1])
+
+
+# TensorStore's error when an async checkpoint write meets a full disk (seen on a 2 MiB tmpfs).
+_TENSORSTORE_FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "opt_state.mu.core.embeddings.position/0.0" in OCDBT '
+    'database at local file "/w/checkpoints/2.orbax-checkpoint-tmp/state/": Failed to write '
+    "232337 bytes to file 9: No space left on device [os_error_code='28']"
+)
+
+
+def test_disk_errors_are_found_inside_other_libraries_errors(caplog):
+    from bertgpt_jax.cli import failures  # noqa: F401  (installs the log filters)
+    from bertgpt_jax.core import fs
+
+    found = fs.disk_error(ValueError(_TENSORSTORE_FULL), "/w/checkpoints")
+    assert found is not None and (found.errno, found.filename) == (errno.ENOSPC, "/w/checkpoints")
+    read_only = OSError(errno.EROFS, os.strerror(errno.EROFS), "/w/x")
+    try:
+        raise RuntimeError("commit failed") from read_only
+    except RuntimeError as err:
+        assert fs.disk_error(err, "/w") is read_only
+    assert fs.disk_error(ValueError("Error reading: truncated stream"), "/w") is None
+    log = logging.getLogger("absl")  # where Orbax logs a failed async save, traceback and all
+    for error in (ValueError(_TENSORSTORE_FULL), ValueError("another failure")):
+        try:
+            raise error
+        except ValueError:
+            log.exception("Save Finalize thread failed.")
+    assert [r.exc_info[1] for r in caplog.records] == [error]
+
+
+def test_a_disk_that_fills_during_an_async_checkpoint_is_one_sentence(shared, tmp_path):
+    """The real thing, where this host lets us mount a 2 MiB tmpfs: the first checkpoint does
+    not fit. One sentence and status 1 (Orbax logged three tracebacks, ~1,000 lines); after space
+    is freed the same command runs to the end, and Orbax removes the uncommitted step."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(disk)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        argv = [*Env(tmp_path, **shared).train("train.steps=4", "checkpoint.every_steps=2",
+                                               workdir=disk / "run")]  # fmt: skip
+        command = [sys.executable, "-m", "bertgpt_jax.cli", *argv]
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert _last_line(run.stderr).startswith(
+            f"bertgpt train: error: the disk is full (writing {disk / 'run' / 'checkpoints'});"
+        ), run.stderr
+        assert [ln for ln in run.stderr.splitlines() if ln.strip() and "%|" not in ln] == [
+            _last_line(run.stderr)
+        ], run.stderr
+        subprocess.run(["mount", "-o", "remount,size=64M", str(disk)], check=True)
+        run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert sorted(os.listdir(disk / "run" / "checkpoints")) == ["2", "4"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -11,7 +11,8 @@ nothing else on the terminal.
 Anticipated conditions print `bertgpt COMMAND: error: SENTENCE` as the last line on stderr and
 no traceback. Third-party noise on paths known to be harmless is silenced here: asyncio's
 "Event loop is closed" from TensorStore/Orbax event loops collected after their loop (raised
-or logged), and multi-line warnings, which print as one line each. Orbax's "Given directory is
+or logged), Orbax's logged traceback of an async save that met a full or read-only disk, and
+multi-line warnings, which print as one line each. Orbax's "Given directory is
 read only" is dropped where read-only managers are opened (pretrained/workdir.py).
 """
 
@@ -26,6 +27,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from bertgpt_jax.core import fs
 from bertgpt_jax.core.errors import ConfigError, NonFiniteError
 
 EXIT_FAULT, EXIT_MISTAKE, EXIT_INTERRUPTED = 1, 2, 130
@@ -77,6 +79,18 @@ class _ClosedLoopFilter(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_ClosedLoopFilter())
+
+
+class _DiskErrorFilter(logging.Filter):
+    """Orbax logs a failed async save with its traceback before re-raising it to the caller; a
+    full or read-only disk is then reported in one sentence (`run`), so its log is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or fs.disk_error(error, "") is None
+
+
+logging.getLogger("absl").addFilter(_DiskErrorFilter())
 
 
 def _one_line_warning(message: Any, category: type, *_: Any, **__: Any) -> None:

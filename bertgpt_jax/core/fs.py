@@ -19,6 +19,8 @@ turns a URL there into one sentence naming the fix, instead of the folder "gs:" 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from etils import epath
@@ -121,6 +123,44 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# What a full or read-only disk says, by errno, inside the messages of libraries that do not
+# raise OSError for it (TensorStore writing a checkpoint: "[OS error 28: No space left on device]").
+_DISK_ERRORS = {
+    errno.ENOSPC: os.strerror(errno.ENOSPC),
+    errno.EDQUOT: os.strerror(errno.EDQUOT),
+    errno.EROFS: os.strerror(errno.EROFS),
+}
+
+
+def disk_error(err: BaseException | None, where: str | os.PathLike) -> OSError | None:
+    """The full-disk or read-only-disk OSError behind `err` (itself, one it was raised from, or
+    one its message quotes, as TensorStore's and Orbax's errors do), naming `where` when it names
+    no file; None for any other error."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
+            return err if err.filename else OSError(err.errno, err.strerror, os.fspath(where))
+        for code, message in _DISK_ERRORS.items():
+            if message in str(err):
+                return OSError(code, message, os.fspath(where))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(where: str | os.PathLike) -> Iterator[None]:
+    """Re-raises a full or read-only disk met inside the block, however a library wrapped it, as
+    its OSError (`disk_error`), which the command line turns into one sentence."""
+    try:
+        yield
+    except Exception as err:
+        disk = disk_error(err, where)
+        if disk is None:
+            raise
+        raise disk from err
 
 
 def require_writable_dir(path: str | os.PathLike, what: str) -> None:

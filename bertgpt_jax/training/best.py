@@ -81,7 +81,8 @@ class BestCheckpoint:
                 state=ocp.args.PyTreeSave({"params": state.params}),
                 metadata=ocp.args.JsonSave(self.checkpointer.metadata(step, saved)),
             )
-            self.manager.save(step, args=args, force=True)
+            with fs.disk_errors(self.checkpointer.workdir / BEST):
+                self.manager.save(step, args=args, force=True)
             return False
         patience, every = self.config.train.patience, self.config.train.eval_every
         return patience > 0 and every > 0 and (step - self.step) // every >= patience
@@ -93,8 +94,9 @@ class BestCheckpoint:
 
     def close(self) -> None:
         if self.manager is not None:
-            self.manager.wait_until_finished()
-            self.manager.close()
+            with fs.disk_errors(self.checkpointer.workdir / BEST):
+                self.manager.wait_until_finished()
+                self.manager.close()
 
 
 def best_metric(config: Config, task_default: str) -> str:

@@ -106,7 +106,8 @@ class Checkpointer:
             state=ocp.args.PyTreeSave(self.trainer.saved(state)),
             metadata=ocp.args.JsonSave(self.metadata(step, metrics)),
         )
-        self.manager.save(step, args=args, force=force)
+        with fs.disk_errors(self.directory):  # an earlier async save's, or this one's
+            self.manager.save(step, args=args, force=force)
         self.blocked_s = time.perf_counter() - start
 
     def _target(self) -> tuple[TrainState, TrainState]:
@@ -201,8 +202,10 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with fs.disk_errors(self.directory):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with fs.disk_errors(self.directory):
+            self.manager.wait_until_finished()
+            self.manager.close()
