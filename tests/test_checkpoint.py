@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from bertgpt_jax.core.config import MeshConfig, load_config
@@ -45,11 +47,9 @@ def _train(trainer: Trainer, state, steps: int, seed: int = 0):
 def _assert_equal(restored, original) -> None:
     """Every array a checkpoint holds, bit for bit; AdamW's carried bounds, which it does not
     hold, are measured from the restored arrays."""
-    peaks = [
-        max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(tree))
-        for tree in (restored.params, restored.opt_state.mu, restored.opt_state.nu)
-    ]
-    np.testing.assert_array_equal(np.asarray(restored.opt_state.bounds), peaks)
+    arrays = (restored.params, restored.opt_state.mu, restored.opt_state.nu)
+    peak = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(arrays))
+    np.testing.assert_array_equal(np.asarray(restored.opt_state.bounds), [peak] * 3)
     a, b = (s.replace(opt_state=s.opt_state._replace(bounds=None)) for s in (restored, original))
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
@@ -163,6 +163,33 @@ def test_architecture_change_is_refused_and_train_changes_recorded(tmp_path, tra
         }
     ]
     assert meta["config"]["train"]["learning_rate"] == 5e-4
+
+
+class _NoSecondMoment(NamedTuple):
+    updates: Any
+    mu: Any
+
+
+def test_a_checkpoint_lacking_arrays_is_not_restored(tmp_path, trainer):
+    """Restores read only what this run's state needs (partial_restore: a checkpoint leaves
+    AdamW's bounds out); one that lacks some of it is as unusable as an unreadable one, not
+    restored with Orbax's placeholders where the arrays should be."""
+    checkpointer = Checkpointer(tmp_path, trainer.config, trainer)
+    saved = trainer.saved(trainer.init(0))
+    lacking = saved.replace(opt_state=_NoSecondMoment(saved.opt_state.updates, saved.opt_state.mu))
+    args = ocp.args.Composite(
+        state=ocp.args.PyTreeSave(lacking),
+        metadata=ocp.args.JsonSave(checkpointer.metadata(1, {})),
+    )
+    checkpointer.manager.save(1, args=args, force=True)
+    checkpointer.close()
+    checkpointer = Checkpointer(tmp_path, trainer.config, trainer)
+    with (
+        pytest.warns(UserWarning, match=r"cannot be read \(ValueError: it has no \.opt_state\.nu"),
+        pytest.raises(CheckpointError, match=r"none of the checkpoints .* \(steps \[1\]\)"),
+    ):
+        checkpointer.restore()
+    checkpointer.close()
 
 
 def test_tokenizer_change_is_refused(tmp_path, trainer):

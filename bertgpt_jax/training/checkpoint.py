@@ -124,9 +124,17 @@ class Checkpointer:
         # partial_restore: a saved state leaves out what `Trainer.restored` re-derives, which
         # Orbax would otherwise count as missing (the target holds None there).
         args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-        state = self.trainer.restored(
-            self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-        )
+        saved = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+        # ...which also leaves placeholders where the checkpoint lacks an array this run needs
+        # (one saved with another optimizer): as unusable as an unreadable step.
+        missing = [
+            jax.tree_util.keystr(path)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(saved)
+            if isinstance(leaf, jax.ShapeDtypeStruct)
+        ]
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing[:3])}{' ...' * (len(missing) > 3)}")
+        state = self.trainer.restored(saved)
         if not self.trainer.state_is_finite(state):
             # Saved by an older version without the guard: as unusable as an unreadable step.
             raise ValueError("it holds non-finite parameters or optimizer moments")

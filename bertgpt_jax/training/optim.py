@@ -118,8 +118,8 @@ class AdamWState(NamedTuple):
     mu: Any  # first moments, shaped like the parameters
     nu: Any  # second moments
     # float32 [3]: upper bounds on every |parameter|, |first moment| and second moment, measured
-    # where a state is made and carried from update to update (`FusedAdamW._propagate`); NaN: the
-    # state holds a value no update makes. Derived, so not checkpointed: None in a saved state.
+    # where a state is made and carried from update to update (`FusedAdamW._propagate`); NaN or
+    # inf: the state holds a value no update makes. Derived, so not checkpointed (None there).
     bounds: Any = None
 
 
@@ -140,17 +140,20 @@ _BOUND_LIMIT = 2.0**100
 _ROUNDING = 1.0 + 2.0**-20
 
 
+@jax.jit  # one compiled program where a state is made outside jit (fine-tuning inits)
 def _measure(params: Any, mu: Any, nu: Any) -> jax.Array:
-    """float32 [3]: the largest |p|, |m| and v, or NaN where some value is not finite or some
-    v < 0 (its square root, as the update takes it, would be NaN). Run where a state is made
-    (`init`, `restored`) and where the bounds fail (the probe), not on an ordinary step."""
-    zero = jnp.zeros((), jnp.float32)
-    peaks = [
-        functools.reduce(jnp.maximum, (jnp.max(jnp.abs(x)) for x in jax.tree.leaves(t)), zero)
-        for t in (params, mu, nu)
-    ]
-    ok = all_finite((params, mu, jax.tree.map(jnp.sqrt, nu)))
-    return jnp.where(ok, jnp.stack(peaks).astype(jnp.float32), jnp.nan)
+    """float32 [3]: bounds on every |p|, |m| and v (each the largest of them all); NaN where
+    some value is NaN or some v < 0 (its square root, as the update takes it, would be NaN),
+    inf where one is infinite. One fused max-reduction per parameter (XLA's max propagates NaN),
+    run where a state is made (`init`, `restored`) and where the bounds fail (the probe), not on
+    an ordinary step."""
+
+    def peak(p: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
+        values = jnp.maximum(jnp.maximum(jnp.abs(p), jnp.abs(m)), v + 0 * jnp.sqrt(v))
+        return jnp.max(values).astype(jnp.float32)
+
+    peaks = jax.tree.leaves(jax.tree.map(peak, params, mu, nu))
+    return jnp.full((3,), functools.reduce(jnp.maximum, peaks, jnp.zeros((), jnp.float32)))
 
 
 @dataclasses.dataclass(frozen=True)
