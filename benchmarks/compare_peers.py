@@ -29,7 +29,8 @@ CONFIGS = {
 VOCAB = 8192
 
 
-def ours_cmd(config: str, family: str, dtype: str, steps: int, extra: list[str]) -> list[str]:
+def preset_config(config: str, family: str, dtype: str) -> tuple[str, list[str]]:
+    """A benchmark shape as `bertgpt` sees it: the base config file and its overrides."""
     c = CONFIGS[config]
     base = ROOT / "configs" / ("bert_tiny.yaml" if family == "bert" else "gpt_tiny.yaml")
     overrides = [
@@ -45,7 +46,12 @@ def ours_cmd(config: str, family: str, dtype: str, steps: int, extra: list[str])
         f"train.batch_size={c['batch']}",
         "mesh.data=1",
     ]
-    bench = [sys.executable, "-m", "bertgpt_jax.cli", "bench", "--config", str(base)]
+    return str(base), overrides
+
+
+def ours_cmd(config: str, family: str, dtype: str, steps: int, extra: list[str]) -> list[str]:
+    base, overrides = preset_config(config, family, dtype)
+    bench = [sys.executable, "-m", "bertgpt_jax.cli", "bench", "--config", base]
     return bench + ["--steps", str(steps), *overrides, *extra]
 
 

@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="steps per variant per round")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
-    cmd = compare_peers.ours_cmd(args.preset, args.family, args.dtype, 1, [])
-    path, overrides = cmd[cmd.index("--config") + 1], cmd[cmd.index("--steps") + 2 :]
+    if args.rounds < 2:
+        ap.error("--rounds must be at least 2 (the report gives quartiles over rounds)")
+    path, overrides = compare_peers.preset_config(args.preset, args.family, args.dtype)
     config = load_config(path, [*overrides, *args.overrides])
     mesh = make_mesh(config.mesh, jax.devices()[:1])
     guarded = Trainer(config, mesh)

@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args(argv)
     if args.preset:
-        cmd = compare_peers.ours_cmd(args.preset, args.family, args.dtype, 1, [])
-        path, overrides = cmd[cmd.index("--config") + 1], cmd[cmd.index("--steps") + 2 :]
+        path, overrides = compare_peers.preset_config(args.preset, args.family, args.dtype)
     elif args.config:
         path, overrides = args.config, []
     else:

@@ -197,6 +197,16 @@ class FusedAdamW:
         k = self._scalars(state, grad_norm)
         decayed = decay_mask(params)
         applied, bounds = self._decide(grads, state, params, decayed, finite, k)
+        new_params, mu, nu = self._update(grads, state, params, decayed, k, applied)
+        count = jnp.where(applied, optax.safe_int32_increment(state.updates), state.updates)
+        return new_params, AdamWState(count, mu, nu, bounds), applied
+
+    def _update(
+        self, grads: Any, state: AdamWState, params: Any, decayed: Any, k: _StepScalars,
+        applied: jax.Array | bool,
+    ) -> tuple[Any, Any, Any]:  # fmt: skip
+        """(parameters, first moments, second moments) after the update, each the old value
+        where `applied` is False."""
         mu = jax.tree.map(lambda m, g: jnp.where(applied, self._first(m, g, k), m), state.mu, grads)
         nu = jax.tree.map(
             lambda v, g: jnp.where(applied, self._second(v, g, k), v), state.nu, grads
@@ -206,8 +216,7 @@ class FusedAdamW:
             lambda p, m, v, d: jnp.where(applied, self._parameter(p, m, v, d, k), p),
             params, mu, nu, decayed,
         )  # fmt: skip
-        count = jnp.where(applied, optax.safe_int32_increment(state.updates), state.updates)
-        return new_params, AdamWState(count, mu, nu, bounds), applied
+        return new_params, mu, nu
 
     def _decide(
         self, grads: Any, state: AdamWState, params: Any, decayed: Any, finite: jax.Array,
@@ -219,14 +228,7 @@ class FusedAdamW:
         the new values computed and measured first, inside a `lax.cond`."""
 
         def probe() -> jax.Array:
-            def new(p: jax.Array, m: jax.Array, v: jax.Array, g: jax.Array, d: bool) -> tuple:
-                m, v = self._first(m, g, k), self._second(v, g, k)
-                return self._parameter(p, m, v, d, k), m, v
-
-            values = jax.tree.map(new, params, state.mu, state.nu, grads, decayed)
-            is_new = lambda x: isinstance(x, tuple)  # noqa: E731
-            return _measure(*(jax.tree.map(lambda t, i=i: t[i], values, is_leaf=is_new)
-                              for i in range(3)))  # fmt: skip
+            return _measure(*self._update(grads, state, params, decayed, k, True))
 
         bounds = self._propagate(state.bounds, k)
         proven = jnp.all(bounds < _BOUND_LIMIT)  # False where NaN
